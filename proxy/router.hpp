@@ -1,0 +1,61 @@
+// Request -> origin + policy. Pure logic over a Config snapshot: routes (first
+// match wins), access rules, TLS origination (port_map) and the Host header the
+// upstream request carries. No I/O; deny_networks is checked by the connector
+// after resolution through address_denied().
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <variant>
+
+#include "config.hpp"
+#include "error.hpp"
+#include "origin.hpp"
+
+namespace upkeep {
+
+struct RouteDecision {
+  Origin origin;                        // pool key
+  const UpstreamSettings* settings;     // owned by the Router's Config; valid while it lives
+  std::string host_header;              // Host for the upstream request
+  std::string path;                     // origin-form target for the upstream request
+};
+
+template <class T>
+using Routed = std::variant<T, errc>;
+
+class Router {
+ public:
+  explicit Router(std::shared_ptr<const Config> cfg);
+
+  // A proxied request. target is absolute-form ("http://h[:p]/path?q"; scheme http
+  // or https, case-insensitive) or origin-form ("/path?q", the origin then comes
+  // from host_header). Errors: bad_request (unparsable target/Host, missing Host
+  // for origin-form, userinfo in the URL, ...), host_denied (access.allow/deny).
+  Routed<RouteDecision> route(std::string_view target, std::string_view host_header) const;
+
+  // CONNECT authority ("host:port"). Errors: bad_request, connect_denied (mode deny,
+  // or port not in connect_ports), host_denied.
+  Routed<HostPort> route_connect(std::string_view authority) const;
+
+  // access.allow / access.deny for a host name or IP literal (lower-case compare).
+  bool host_allowed(std::string_view host) const;
+  // access.deny_networks for a resolved address (4 or 16 bytes, network order;
+  // IPv4-mapped IPv6 addresses are checked as IPv4).
+  bool address_denied(std::span<const uint8_t> addr) const;
+
+  const Config& config() const noexcept { return *cfg_; }
+  std::shared_ptr<const Config> config_ptr() const noexcept { return cfg_; }
+
+ private:
+  std::shared_ptr<const Config> cfg_;
+};
+
+// Host pattern match: exact (case-insensitive) or "*.example.com" (any subdomain,
+// not example.com itself) or "*" (anything).
+bool host_matches(std::string_view pattern, std::string_view host) noexcept;
+
+}  // namespace upkeep
