@@ -6,22 +6,38 @@
 //
 // A connection's life (one list per state, as Envoy's conn_pool):
 //
-//   CONNECTING --connected()--> READY (active < capacity) <--> BUSY (active == capacity)
-//        |                         |   ^ release()
-//        | connect_failed()        | draining (GOAWAY, max_requests, max_age): no new grants
-//        v                         v
-//      (gone)                   CLOSED  (Close action; the owner closes the socket)
+//                          StartConnect
+//                               v
+//            (gone) <------ CONNECTING
+//       connect_failed()        | connected()
+//                               v
+//   IDLE (active == 0) <--> READY (0 < active < capacity) <--> BUSY (active == capacity)
+//     |                         |   no new grants: drain(), max_requests, max_age,
+//     |                         v   release(reusable = false), shutdown()
+//     |                     DRAINING (active > 0)
+//     |                         | last release()
+//     v                         v
+//   CLOSED: a Close action (the owner closes the socket) or closed() (it died by
+//   itself, from any state). Either way its slot is free at once.
 //
-// An idle connection is READY with active == 0; the owner keeps an idle watch
-// (a pending one-byte read) on it, and reports closed() if the server hangs up.
+// IDLE connections are closed outright where a busy one would drain: idle timeout,
+// max_age, drain(), shutdown(), and a fresh_only waiter needing room in a full pool.
+// The IDLE list is most recently used first; the owner keeps an idle watch (a
+// pending one-byte read) on each, and reports closed() if the server hangs up.
+// Events about a connection the pool no longer tracks (closed() after the pool
+// emitted Close, a release() after closed()) are ignored.
 //
 // Invariant (the point of upkeep): total() <= limits.max_connections at all times,
-// CONNECTING ones included.
+// CONNECTING ones included. The one exception is set_limits() lowering the maximum
+// below total(): no connection opens until total() is under it again, and the
+// excess is closed (reason shutdown) as connections become idle and on the next
+// expire(), which next_deadline() then reports as due at once.
 #pragma once
 
 #include <chrono>
 #include <cstdint>
 #include <deque>
+#include <list>
 #include <optional>
 #include <string_view>
 #include <unordered_map>
@@ -41,8 +57,8 @@ struct Limits {
   std::size_t max_pending = 1024;   // waiters beyond this are refused (queue_full)
   Duration queue_timeout = std::chrono::seconds(10);
   Duration idle_timeout = std::chrono::seconds(60);
-  Duration max_age{0};           // 0 = unlimited
-  uint64_t max_requests = 0;     // grants per connection; 0 = unlimited
+  Duration max_age{0};        // 0 = unlimited
+  uint64_t max_requests = 0;  // grants per connection; 0 = unlimited
 };
 
 enum class CloseReason {
@@ -136,20 +152,76 @@ class PoolCore {
   // ones are closed (shutdown) as their exchanges are released; no new connects.
   void shutdown(Actions& out);
 
-  std::size_t total() const noexcept;       // all connections, connecting included
+  std::size_t total() const noexcept;  // all connections, connecting included
   std::size_t connecting() const noexcept;
-  std::size_t idle() const noexcept;        // ready with no active exchange
+  std::size_t idle() const noexcept;  // ready with no active exchange
   std::size_t active_exchanges() const noexcept;
-  std::size_t pending() const noexcept;     // queued waiters
+  std::size_t pending() const noexcept;  // queued waiters
   const Limits& limits() const noexcept { return limits_; }
-  void set_limits(const Limits& limits);    // takes effect for later decisions
+  void set_limits(const Limits& limits);  // takes effect for later decisions
 
  private:
-  // implementation-defined members
-  struct Conn;
-  struct Waiter;
+  // Which list a connection is on. A draining connection takes no new exchange and
+  // is closed when its last one ends; one with no exchange is closed at once, so
+  // DRAINING only holds connections with active > 0 (CONNECTING ones keep a
+  // `draining` flag and are closed on connected()).
+  enum class State : uint8_t { connecting, idle, ready, busy, draining };
+  struct Conn {
+    ConnId id;
+    State where = State::connecting;
+    std::size_t capacity = 0;
+    std::size_t active = 0;
+    uint64_t grants = 0;  // exchanges it carried or carries; 0 = fresh
+    bool draining = false;
+    CloseReason drain_reason = CloseReason::error;
+    TimePoint connected_at{};
+    TimePoint idle_deadline{};  // valid while IDLE
+  };
+  // std::list so a state change is a splice (no allocation) and the index's
+  // iterators stay valid across it.
+  using ConnList = std::list<Conn>;
+  using ConnIt = ConnList::iterator;
+
+  struct Waiter {
+    WaiterId id;
+    TimePoint enqueued;
+    TimePoint deadline;
+    bool live;  // false once cancelled: left in place, skipped at the front
+  };
+  // FIFO, sorted by id (cancel is a binary search). Invariant: the front, if
+  // any, is live, so the oldest live waiter and its deadline are O(1).
+  struct Queue {
+    std::deque<Waiter> q;
+    std::size_t live = 0;
+  };
+
+  ConnList& list_of(State s) noexcept;
+  void move_to(ConnIt it, State s);
+  bool settle(ConnIt it, Actions& out);
+  void close_conn(ConnIt it, CloseReason reason, Actions& out);
+  void start_connect(Actions& out);
+  void grant(ConnIt it, WaiterId waiter, Actions& out);
+  void serve(ConnIt it, Actions& out);
+  void retire_if_due(Conn& c, TimePoint now) noexcept;
+  bool past_age(const Conn& c, TimePoint now) const noexcept;
+  std::optional<ConnIt> find_grantable(TimePoint now, bool fresh_only, Actions& out);
+  void pump(Actions& out);
+  void pop_front(Queue& q);
+  Queue* oldest_queue() noexcept;
+  const Queue* oldest_queue() const noexcept;
+  std::optional<ConnIt> find_conn(ConnId id);
+
   Limits limits_;
-  // ... (see pool_core.cpp)
+  ConnList connecting_, idle_, ready_, busy_, draining_;  // idle_: front = most recently used
+  std::unordered_map<ConnId, ConnIt> index_;              // every connection, by id
+  Queue any_;                                             // waiters that take any connection
+  Queue fresh_;  // fresh_only waiters (kept apart so a reused connection skips them in O(1))
+  std::size_t active_ = 0;  // exchanges on tracked connections
+  ConnId next_conn_ = 1;
+  WaiterId next_waiter_ = 1;
+  TimePoint last_enqueued_{};  // clamps so deadlines never decrease along the queues
+  TimePoint last_deadline_{};
+  bool shutting_down_ = false;
 };
 
 }  // namespace upkeep::pool
