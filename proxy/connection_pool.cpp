@@ -1,1 +1,253 @@
-// placeholder
+#include "connection_pool.hpp"
+
+#include <atomic>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/post.hpp>
+
+#include "log.hpp"
+
+namespace upkeep {
+namespace {
+
+std::atomic<uint64_t> g_next_conn_id{1};
+
+}  // namespace
+
+pool::Limits pool_limits(const UpstreamSettings& s) {
+  pool::Limits l;
+  l.max_connections = s.max_connections;
+  l.max_pending = s.queue.max_pending;
+  l.queue_timeout = s.queue.timeout;
+  l.idle_timeout = s.idle_timeout;
+  l.max_age = s.max_connection_age;
+  l.max_requests = s.max_requests_per_connection;
+  return l;
+}
+
+ConnectionPool::ConnectionPool(asio::io_context& ioc, Origin origin,
+                               const UpstreamSettings& settings,
+                               std::shared_ptr<const Router> router)
+    : ioc_(ioc),
+      strand_(asio::make_strand(ioc)),
+      origin_(std::move(origin)),
+      settings_(settings),
+      router_(std::move(router)),
+      core_(pool_limits(settings)),
+      m_(metrics::Registry::get().origin(origin_.label())),
+      timer_(strand_) {}
+
+void ConnectionPool::do_acquire(bool fresh, asio::any_io_executor ex,
+                                asio::any_completion_handler<void(Lease)> h) {
+  pool::Actions actions;
+  auto now = std::chrono::steady_clock::now();
+  auto id = core_.acquire(now, fresh, actions);
+  waiters_.emplace(id, Waiter{std::move(ex), std::move(h), now});
+  run(actions);
+}
+
+void ConnectionPool::release(std::shared_ptr<UpstreamConn> conn, bool reusable,
+                             pool::CloseReason reason,
+                             std::optional<std::chrono::steady_clock::duration> idle_hint) {
+  asio::dispatch(
+      strand_, [self = shared_from_this(), conn = std::move(conn), reusable, reason, idle_hint]() {
+        pool::Actions actions;
+        self->m_.streams.add(-1);
+        self->core_.release(conn->pool_id, reusable, std::chrono::steady_clock::now(), actions,
+                            reason, idle_hint);
+        self->run(actions);
+      });
+}
+
+void ConnectionPool::shutdown() {
+  asio::dispatch(strand_, [self = shared_from_this()]() {
+    pool::Actions actions;
+    self->core_.shutdown(actions);
+    self->run(actions);
+  });
+}
+
+// Carries out the core's decisions. Runs on the strand.
+void ConnectionPool::run(pool::Actions& actions) {
+  for (std::size_t i = 0; i < actions.size(); ++i) {
+    std::visit(
+        [this](auto& a) {
+          using T = std::decay_t<decltype(a)>;
+          if constexpr (std::is_same_v<T, pool::StartConnect>) {
+            start_connect(a.conn);
+          } else if constexpr (std::is_same_v<T, pool::Grant>) {
+            auto it = conns_.find(a.conn);
+            if (it == conns_.end()) return;  // cannot happen: the core only grants known ones
+            auto& conn = it->second;
+            // Stop the idle watch; the wait's completion sees the new generation and ignores.
+            ++conn->watch_generation;
+            error_code ignored;
+            conn->stream().tcp().socket().cancel(ignored);
+            ++conn->exchanges;
+            m_.streams.add(1);
+            complete(a.waiter, Lease{errc::ok, conn, a.reused, {}});
+          } else if constexpr (std::is_same_v<T, pool::Fail>) {
+            errc e = errc::internal;
+            switch (a.reason) {
+              case pool::FailReason::queue_full:
+                e = errc::queue_full;
+                break;
+              case pool::FailReason::queue_timeout:
+                e = errc::queue_timeout;
+                break;
+              case pool::FailReason::connect_failed:
+                e = last_connect_error_;
+                break;
+              case pool::FailReason::shutdown:
+                e = errc::shutting_down;
+                break;
+            }
+            complete(a.waiter, Lease{e, nullptr, false, {}});
+          } else if constexpr (std::is_same_v<T, pool::Close>) {
+            close_conn(a.conn, a.reason, a.requests);
+          } else if constexpr (std::is_same_v<T, pool::WatchIdle>) {
+            watch_idle(a.conn);
+          }
+        },
+        actions[i]);
+  }
+  publish_gauges();
+  arm_timer();
+}
+
+void ConnectionPool::complete(pool::WaiterId w, Lease lease) {
+  auto it = waiters_.find(w);
+  if (it == waiters_.end()) return;
+  Waiter waiter = std::move(it->second);
+  waiters_.erase(it);
+  lease.waited = std::chrono::steady_clock::now() - waiter.since;
+  metrics::Registry::get().pool_wait_seconds.observe(
+      std::chrono::duration<double>(lease.waited).count());
+  asio::post(waiter.ex, [h = std::move(waiter.handler), lease = std::move(lease)]() mutable {
+    std::move(h)(std::move(lease));
+  });
+}
+
+void ConnectionPool::start_connect(pool::ConnId id) {
+  asio::co_spawn(
+      strand_,
+      [self = shared_from_this(), id]() -> asio::awaitable<void> {
+        auto outcome = co_await connect_upstream(self->strand_, self->origin_, self->settings_,
+                                                 self->router_, g_next_conn_id.fetch_add(1));
+        self->on_connected(id, std::move(outcome));
+      },
+      asio::detached);
+}
+
+void ConnectionPool::on_connected(pool::ConnId id, ConnectOutcome outcome) {
+  pool::Actions actions;
+  auto now = std::chrono::steady_clock::now();
+  if (outcome.error != errc::ok) {
+    last_connect_error_ = outcome.error;
+    m_.connect_errors.inc();
+    log::warn("upstream connect failed", {{"origin", origin_.label()},
+                                          {"error", std::string(reason_token(outcome.error))},
+                                          {"detail", "\"" + outcome.detail + "\""}});
+    core_.connect_failed(id, now, actions);
+  } else {
+    outcome.conn->pool_id = id;
+    conns_.emplace(id, outcome.conn);
+    m_.opened.inc();
+    log::debug("upstream connected", {{"origin", origin_.label()},
+                                      {"conn", std::to_string(outcome.conn->id())},
+                                      {"protocol", outcome.conn->protocol()}});
+    core_.connected(id, 1, now, actions);
+  }
+  run(actions);
+}
+
+// An idle pooled connection keeps a readiness wait on its raw socket: a FIN, an RST
+// or any byte (a TLS alert, a late "408") means the server is done with it, so it
+// leaves the pool now rather than failing the next request. Waiting on the socket,
+// not reading through TLS, keeps the SSL engine untouched, so a Grant only has to
+// cancel the wait.
+void ConnectionPool::watch_idle(pool::ConnId id) {
+  auto it = conns_.find(id);
+  if (it == conns_.end()) return;
+  auto& conn = it->second;
+  const uint64_t gen = ++conn->watch_generation;
+  if (conn->has_buffered_bytes()) {
+    pool::Actions actions;
+    core_.closed(id, pool::CloseReason::server_closed, std::chrono::steady_clock::now(), actions);
+    close_conn(id, pool::CloseReason::server_closed, conn->exchanges);
+    run(actions);
+    return;
+  }
+  conn->stream().tcp().socket().async_wait(
+      asio::ip::tcp::socket::wait_read,
+      asio::bind_executor(strand_, [self = shared_from_this(), id, gen](error_code ec) {
+        auto it2 = self->conns_.find(id);
+        if (it2 == self->conns_.end() || it2->second->watch_generation != gen) return;
+        if (ec == asio::error::operation_aborted) return;
+        pool::Actions actions;
+        uint64_t requests = it2->second->exchanges;
+        self->core_.closed(id, pool::CloseReason::server_closed, std::chrono::steady_clock::now(),
+                           actions);
+        self->close_conn(id, pool::CloseReason::server_closed, requests);
+        self->run(actions);
+      }));
+}
+
+void ConnectionPool::close_conn(pool::ConnId id, pool::CloseReason reason, uint64_t requests) {
+  auto it = conns_.find(id);
+  if (it == conns_.end()) return;
+  ++it->second->watch_generation;
+  it->second->close();
+  log::debug("upstream closed", {{"origin", origin_.label()},
+                                 {"conn", std::to_string(it->second->id())},
+                                 {"reason", std::string(pool::to_string(reason))}});
+  conns_.erase(it);
+  m_.closed[static_cast<std::size_t>(reason)].inc();
+  metrics::Registry::get().requests_per_connection.observe(static_cast<double>(requests));
+}
+
+void ConnectionPool::publish_gauges() {
+  m_.active.set(static_cast<int64_t>(core_.total()));
+  m_.connecting.set(static_cast<int64_t>(core_.connecting()));
+  m_.idle.set(static_cast<int64_t>(core_.idle()));
+  m_.pending.set(static_cast<int64_t>(core_.pending()));
+}
+
+void ConnectionPool::arm_timer() {
+  auto next = core_.next_deadline();
+  if (!next) {
+    if (timer_at_) {
+      timer_.cancel();
+      timer_at_.reset();
+    }
+    return;
+  }
+  if (timer_at_ && *timer_at_ == *next) return;
+  timer_at_ = *next;
+  timer_.expires_at(*next);
+  timer_.async_wait([self = shared_from_this(), at = *next](error_code ec) {
+    if (ec || self->timer_at_ != at) return;
+    self->timer_at_.reset();
+    pool::Actions actions;
+    self->core_.expire(std::chrono::steady_clock::now(), actions);
+    self->run(actions);
+  });
+}
+
+std::shared_ptr<ConnectionPool> PoolRegistry::get(const Origin& origin,
+                                                  const UpstreamSettings& settings,
+                                                  const std::shared_ptr<const Router>& router) {
+  std::lock_guard lock(mu_);
+  auto& slot = pools_[origin];
+  if (!slot) slot = std::make_shared<ConnectionPool>(ioc_, origin, settings, router);
+  return slot;
+}
+
+void PoolRegistry::shutdown_all() {
+  std::lock_guard lock(mu_);
+  for (auto& [origin, p] : pools_)
+    p->shutdown();
+}
+
+}  // namespace upkeep

@@ -11,30 +11,30 @@ namespace upkeep {
 enum class errc {
   ok = 0,
   // client side
-  bad_request = 1,        // malformed request or smuggling attempt -> 400
-  header_too_large,       // -> 431
-  auth_required,          // -> 407
-  host_denied,            // access.allow / access.deny -> 403
-  network_denied,         // access.deny_networks after resolution -> 403
-  connect_denied,         // CONNECT refused by policy or port -> 403
-  loop_detected,          // our own Via token came back -> 508
-  method_not_supported,   // -> 501
-  client_closed,          // the client went away; nothing is sent
-  client_timeout,         // header/idle timeout on the client side -> 408
+  bad_request = 1,       // malformed request or smuggling attempt -> 400
+  header_too_large,      // -> 431
+  auth_required,         // -> 407
+  host_denied,           // access.allow / access.deny -> 403
+  network_denied,        // access.deny_networks after resolution -> 403
+  connect_denied,        // CONNECT refused by policy or port -> 403
+  loop_detected,         // our own Via token came back -> 508
+  method_not_supported,  // -> 501
+  client_closed,         // the client went away; nothing is sent
+  client_timeout,        // header/idle timeout on the client side -> 408
   // pool
-  queue_full,             // -> 503 + Retry-After
-  queue_timeout,          // -> 504
+  queue_full,     // -> 503 + Retry-After
+  queue_timeout,  // -> 504
   // origin side
-  dns_failed,             // -> 502
-  connect_failed,         // -> 502
-  connect_timeout,        // -> 502
-  tls_failed,             // -> 502
-  upstream_closed,        // the origin closed before a complete response -> 502
-  upstream_protocol,      // the origin sent something we cannot parse -> 502
-  response_timeout,       // -> 504
+  dns_failed,         // -> 502
+  connect_failed,     // -> 502
+  connect_timeout,    // -> 502
+  tls_failed,         // -> 502
+  upstream_closed,    // the origin closed before a complete response -> 502
+  upstream_protocol,  // the origin sent something we cannot parse -> 502
+  response_timeout,   // -> 504
   // internal
-  shutting_down,          // -> 503
-  internal,               // -> 500
+  shutting_down,  // -> 503
+  internal,       // -> 500
 };
 
 enum class error_source { client, pool, origin, internal };

@@ -1,1 +1,152 @@
-// placeholder
+#include "log.hpp"
+
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
+#include <mutex>
+
+namespace upkeep::log {
+namespace {
+
+std::mutex g_mutex;
+LogSettings g_settings;
+std::atomic<int> g_level{static_cast<int>(LogLevel::info)};
+const bool g_journald = std::getenv("JOURNAL_STREAM") != nullptr;
+
+std::string_view level_name(LogLevel l) {
+  switch (l) {
+    case LogLevel::debug:
+      return "debug";
+    case LogLevel::info:
+      return "info";
+    case LogLevel::warn:
+      return "warn";
+    case LogLevel::error:
+      return "error";
+  }
+  return "info";
+}
+
+void write_all(int fd, const std::string& s) {
+  const char* p = s.data();
+  std::size_t left = s.size();
+  while (left > 0) {
+    ssize_t n = ::write(fd, p, left);
+    if (n <= 0) return;  // nowhere to report a failing log sink
+    p += n;
+    left -= static_cast<std::size_t>(n);
+  }
+}
+
+}  // namespace
+
+void configure(const LogSettings& s) {
+  std::lock_guard lock(g_mutex);
+  g_settings = s;
+  g_level.store(static_cast<int>(s.level), std::memory_order_relaxed);
+}
+
+bool enabled(LogLevel level) noexcept {
+  return static_cast<int>(level) >= g_level.load(std::memory_order_relaxed);
+}
+
+const LogSettings& settings() noexcept {
+  return g_settings;
+}
+
+std::string now_rfc3339() {
+  using namespace std::chrono;
+  auto now = system_clock::now();
+  std::time_t t = system_clock::to_time_t(now);
+  auto ms = duration_cast<milliseconds>(now.time_since_epoch()).count() % 1000;
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+                tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms));
+  return buf;
+}
+
+void append_json_string(std::string& out, std::string_view s) {
+  out += '"';
+  for (char c : s) {
+    switch (c) {
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20) {
+          char b[8];
+          std::snprintf(b, sizeof b, "\\u%04x", c);
+          out += b;
+        } else {
+          out += c;
+        }
+    }
+  }
+  out += '"';
+}
+
+void write(LogLevel level, std::string_view msg, std::initializer_list<Field> fields) {
+  std::string line;
+  line.reserve(128);
+  if (g_settings.format == LogFormat::json) {
+    line += '{';
+    if (!g_journald) {
+      line += "\"time\":";
+      append_json_string(line, now_rfc3339());
+      line += ',';
+    }
+    line += "\"level\":";
+    append_json_string(line, level_name(level));
+    line += ",\"msg\":";
+    append_json_string(line, msg);
+    for (const auto& f : fields) {
+      line += ',';
+      append_json_string(line, f.key);
+      line += ':';
+      append_json_string(line, f.value);
+    }
+    line += "}\n";
+  } else {
+    if (!g_journald) {
+      line += now_rfc3339();
+      line += ' ';
+    }
+    line += level_name(level);
+    line += ' ';
+    line += msg;
+    for (const auto& f : fields) {
+      line += ' ';
+      line += f.key;
+      line += '=';
+      line += f.value;
+    }
+    line += '\n';
+  }
+  std::lock_guard lock(g_mutex);
+  write_all(STDERR_FILENO, line);
+}
+
+void write_stdout_line(const std::string& line) {
+  std::lock_guard lock(g_mutex);
+  write_all(STDOUT_FILENO, line);
+}
+
+}  // namespace upkeep::log

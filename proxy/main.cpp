@@ -1,1 +1,106 @@
-int main() { return 0; }
+// upkeep: flags, config, run. Exceptions end here, at start-up only.
+#include <cstring>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "admin.hpp"
+#include "config.hpp"
+#include "log.hpp"
+#include "server.hpp"
+
+#ifndef UPKEEP_VERSION
+#define UPKEEP_VERSION "dev"
+#endif
+
+namespace {
+
+void usage(std::ostream& out) {
+  out << "usage: upkeep [--config FILE] [--listen ADDR:PORT] [--admin ADDR:PORT] "
+         "[--log-level LEVEL]\n"
+         "       upkeep --check-config FILE\n"
+         "       upkeep --print-default-config\n"
+         "       upkeep --version\n"
+         "       upkeep healthcheck [--admin ADDR:PORT]\n";
+}
+
+int fail(const std::string& msg) {
+  std::cerr << "upkeep: " << msg << '\n';
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  upkeep::Overrides overrides;
+  std::string config_path;
+  std::string check_path;
+  bool check = false;
+  bool healthcheck = false;
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    auto value = [&](std::string& out) -> bool {
+      if (auto eq = a.find('='); eq != std::string::npos && a.rfind("--", 0) == 0) {
+        out = a.substr(eq + 1);
+        return true;
+      }
+      if (i + 1 >= args.size()) return false;
+      out = args[++i];
+      return true;
+    };
+    auto is = [&](const char* name) {
+      return a == name || a.rfind(std::string(name) + "=", 0) == 0;
+    };
+    std::string v;
+    if (a == "healthcheck" && i == 0) {
+      healthcheck = true;
+    } else if (a == "--version" || a == "-V") {
+      std::cout << "upkeep " << UPKEEP_VERSION << '\n';
+      return 0;
+    } else if (a == "--help" || a == "-h") {
+      usage(std::cout);
+      return 0;
+    } else if (a == "--print-default-config") {
+      std::cout << upkeep::default_config_yaml();
+      return 0;
+    } else if (is("--check-config")) {
+      if (!value(check_path)) return fail("--check-config: needs a file");
+      check = true;
+    } else if (is("--config")) {
+      if (!value(config_path)) return fail("--config: needs a file");
+    } else if (is("--listen")) {
+      if (!value(v)) return fail("--listen: needs ADDR:PORT");
+      overrides.listen = v;
+    } else if (is("--admin")) {
+      if (!value(v)) return fail("--admin: needs ADDR:PORT");
+      overrides.admin = v;
+    } else if (is("--log-level")) {
+      if (!value(v)) return fail("--log-level: needs a level");
+      overrides.log_level = v;
+    } else {
+      usage(std::cerr);
+      return fail("unknown argument: " + a);
+    }
+  }
+
+  upkeep::Config cfg;
+  try {
+    const std::string& path = check ? check_path : config_path;
+    cfg = path.empty() ? upkeep::load_config_string(upkeep::default_config_yaml(), "<default>")
+                       : upkeep::load_config_file(path);
+    upkeep::apply_overrides(cfg, overrides);
+  } catch (const upkeep::ConfigError& e) {
+    return fail(e.what());
+  }
+  if (healthcheck) {
+    if (!cfg.admin) return fail("healthcheck: the admin listener is disabled");
+    return upkeep::healthcheck(*cfg.admin);
+  }
+  if (check) {
+    std::cout << upkeep::to_yaml(cfg);
+    return 0;
+  }
+  upkeep::log::configure(cfg.log);
+  return upkeep::run_server(std::move(cfg), config_path, overrides);
+}

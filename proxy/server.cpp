@@ -1,1 +1,233 @@
-// placeholder
+#include "server.hpp"
+
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <csignal>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include "admin.hpp"
+#include "client_session.hpp"
+#include "log.hpp"
+
+namespace upkeep {
+namespace {
+
+constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
+using tcp = asio::ip::tcp;
+
+tcp::endpoint resolve_listen(asio::io_context& ioc, const HostPort& hp) {
+  tcp::resolver r(ioc);
+  auto results = r.resolve(hp.host, std::to_string(hp.port),
+                           tcp::resolver::passive | tcp::resolver::numeric_service);
+  return results.begin()->endpoint();
+}
+
+std::string endpoint_text(const tcp::endpoint& ep) {
+  auto a = ep.address();
+  return (a.is_v6() ? "[" + a.to_string() + "]" : a.to_string()) + ":" + std::to_string(ep.port());
+}
+
+std::shared_ptr<const Snapshot> make_snapshot(const Config& cfg) {
+  auto snap = std::make_shared<Snapshot>();
+  snap->router = std::make_shared<Router>(std::make_shared<const Config>(cfg));
+  if (!cfg.access.auth.empty()) snap->auth_lines = load_auth_lines(cfg.access.auth);
+  return snap;
+}
+
+asio::awaitable<void> accept_loop(tcp::acceptor& acceptor, std::shared_ptr<Runtime> rt) {
+  for (;;) {
+    auto [ec, socket] = co_await acceptor.async_accept(asio::make_strand(rt->ioc), use_tuple);
+    if (ec) {
+      if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
+      // EMFILE and friends: back off briefly instead of spinning on the error.
+      log::warn("accept failed", {{"error", ec.message()}});
+      asio::steady_timer t(rt->ioc, std::chrono::milliseconds(50));
+      co_await t.async_wait(use_tuple);
+      continue;
+    }
+    const auto max = rt->current()->router->config().limits.max_client_connections;
+    if (rt->client_connections.load() >= max) {
+      // Refused before reading anything: existing clients keep their share.
+      error_code ignored;
+      socket.close(ignored);
+      continue;
+    }
+    rt->client_connections.fetch_add(1);
+    start_client_session(std::move(socket), rt);
+  }
+}
+
+}  // namespace
+
+std::vector<std::string> load_auth_lines(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw ConfigError("access.auth: cannot read " + path);
+  std::vector<std::string> lines;
+  std::string line;
+  while (std::getline(in, line)) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line.empty() || line[0] == '#') continue;
+    if (line.find(':') == std::string::npos) {
+      throw ConfigError("access.auth: " + path + ": a line is not user:password");
+    }
+    lines.push_back(line);
+  }
+  return lines;
+}
+
+void sd_notify_state(const std::string& state) {
+  const char* path = std::getenv("NOTIFY_SOCKET");
+  if (!path || !*path) return;
+  int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return;
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::size_t len = std::strlen(path);
+  if (len >= sizeof(addr.sun_path)) {
+    ::close(fd);
+    return;
+  }
+  std::memcpy(addr.sun_path, path, len);
+  if (path[0] == '@') addr.sun_path[0] = '\0';  // abstract namespace
+  auto alen = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + len);
+  (void)::sendto(fd, state.data(), state.size(), MSG_NOSIGNAL, reinterpret_cast<sockaddr*>(&addr),
+                 alen);
+  ::close(fd);
+}
+
+int run_server(Config cfg, const std::string& config_path, const Overrides& overrides) {
+  const unsigned workers = std::max(1u, cfg.workers);
+  asio::io_context ioc(static_cast<int>(workers));
+  auto rt = std::make_shared<Runtime>(ioc);
+  try {
+    rt->snapshot.store(make_snapshot(cfg));
+  } catch (const ConfigError& e) {
+    log::error(e.what());
+    return 1;
+  }
+
+  tcp::acceptor acceptor(ioc);
+  std::optional<tcp::acceptor> admin;
+  try {
+    auto ep = resolve_listen(ioc, cfg.listen);
+    acceptor.open(ep.protocol());
+    acceptor.set_option(tcp::acceptor::reuse_address(true));
+    acceptor.bind(ep);
+    acceptor.listen(asio::socket_base::max_listen_connections);
+    if (cfg.admin) {
+      auto aep = resolve_listen(ioc, *cfg.admin);
+      admin.emplace(ioc);
+      admin->open(aep.protocol());
+      admin->set_option(tcp::acceptor::reuse_address(true));
+      admin->bind(aep);
+      admin->listen();
+    }
+  } catch (const std::exception& e) {
+    log::error("cannot listen", {{"error", "\"" + std::string(e.what()) + "\""}});
+    return 1;
+  }
+  const std::string proxy_addr = endpoint_text(acceptor.local_endpoint());
+  const std::string admin_addr = admin ? endpoint_text(admin->local_endpoint()) : "-";
+
+  asio::co_spawn(ioc, accept_loop(acceptor, rt), asio::detached);
+  if (admin) asio::co_spawn(ioc, run_admin(*admin, rt), asio::detached);
+
+  // Signals: TERM/INT drain (a second one exits at once), HUP reloads.
+  asio::signal_set signals(ioc, SIGTERM, SIGINT, SIGHUP);
+  asio::steady_timer drain_timer(ioc);
+  int stop_signals = 0;
+  std::function<void()> wait_signal;
+  std::chrono::steady_clock::time_point drain_deadline;
+  std::function<void()> check_drained = [&]() {
+    if (rt->client_connections.load() == 0 || std::chrono::steady_clock::now() >= drain_deadline) {
+      rt->pools.shutdown_all();
+      // Give pools a turn to close their sockets, then stop.
+      asio::post(ioc, [&ioc]() { ioc.stop(); });
+      return;
+    }
+    drain_timer.expires_after(std::chrono::milliseconds(25));
+    drain_timer.async_wait([&](error_code ec) {
+      if (!ec) check_drained();
+    });
+  };
+  wait_signal = [&]() {
+    signals.async_wait([&](error_code ec, int sig) {
+      if (ec) return;
+      if (sig == SIGHUP) {
+        if (config_path.empty()) {
+          log::warn("SIGHUP: no config file to reload (running the embedded default)");
+        } else {
+          sd_notify_state("RELOADING=1");
+          try {
+            Config next = load_config_file(config_path);
+            apply_overrides(next, overrides);
+            if (next.listen != cfg.listen || next.admin != cfg.admin ||
+                next.workers != cfg.workers) {
+              log::warn("reload: listen, admin and workers changes take effect on restart");
+            }
+            rt->snapshot.store(make_snapshot(next));
+            log::configure(next.log);
+            log::info("configuration reloaded", {{"file", config_path}});
+          } catch (const std::exception& e) {
+            log::error("reload failed; keeping the running configuration",
+                       {{"error", "\"" + std::string(e.what()) + "\""}});
+          }
+          sd_notify_state("READY=1");
+        }
+        wait_signal();
+        return;
+      }
+      if (++stop_signals > 1) {
+        log::warn("second signal: exiting now");
+        ioc.stop();
+        return;
+      }
+      log::info("shutting down", {{"signal", std::to_string(sig)},
+                                  {"grace_ms", std::to_string(cfg.shutdown_grace.count())}});
+      sd_notify_state("STOPPING=1");
+      rt->draining.store(true);
+      error_code ignored;
+      acceptor.close(ignored);
+      drain_deadline = std::chrono::steady_clock::now() + cfg.shutdown_grace;
+      check_drained();
+      wait_signal();
+    });
+  };
+  wait_signal();
+
+  log::info("listening", {{"proxy", proxy_addr},
+                          {"admin", admin_addr},
+                          {"workers", std::to_string(workers)},
+                          {"config", cfg.source.empty() ? "<default>" : cfg.source}});
+  sd_notify_state("READY=1\nMAINPID=" + std::to_string(::getpid()));
+
+  std::vector<std::thread> threads;
+  for (unsigned i = 1; i < workers; ++i)
+    threads.emplace_back([&ioc]() { ioc.run(); });
+  ioc.run();
+  for (auto& t : threads)
+    t.join();
+  if (admin) {
+    error_code ignored;
+    admin->close(ignored);
+  }
+  log::info("stopped");
+  return 0;
+}
+
+}  // namespace upkeep

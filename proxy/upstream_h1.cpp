@@ -1,1 +1,115 @@
-// placeholder
+#include "upstream_h1.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/http/read.hpp>
+#include <boost/beast/http/write.hpp>
+
+namespace upkeep {
+namespace {
+constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
+}
+
+asio::awaitable<error_code> UpstreamConn::write_header(http::request_header<>&& h,
+                                                       bool body_follows) {
+  parser_.reset();
+  got_bytes_ = false;
+  req_sr_.reset();
+  req_ = http::request<http::buffer_body>(std::move(h));
+  request_close_ = !req_.keep_alive();
+  req_.body().data = nullptr;
+  req_.body().size = 0;
+  req_.body().more = body_follows;
+  req_sr_.emplace(req_);
+  request_done_ = false;
+  if (!body_follows) {
+    // Header and the empty body in one write.
+    auto [ec, n] = co_await http::async_write(*stream_, *req_sr_, use_tuple);
+    if (ec && ec != http::error::need_buffer) {
+      broken_ = true;
+      co_return ec;
+    }
+    request_done_ = true;
+    co_return error_code{};
+  }
+  auto [ec, n] = co_await http::async_write_header(*stream_, *req_sr_, use_tuple);
+  if (ec) broken_ = true;
+  co_return ec;
+}
+
+asio::awaitable<error_code> UpstreamConn::write_body(const char* data, std::size_t n, bool last) {
+  req_.body().data = const_cast<char*>(data);
+  req_.body().size = n;
+  req_.body().more = !last;
+  auto [ec, written] = co_await http::async_write(*stream_, *req_sr_, use_tuple);
+  if (ec == http::error::need_buffer) ec = {};
+  if (ec) {
+    broken_ = true;
+    co_return ec;
+  }
+  if (last) request_done_ = true;
+  co_return error_code{};
+}
+
+asio::awaitable<error_code> UpstreamConn::read_header(bool head_request,
+                                                      std::chrono::steady_clock::duration timeout) {
+  parser_.emplace();
+  parser_->body_limit(boost::none);
+  parser_->header_limit(64 * 1024);
+  if (head_request) parser_->skip(true);
+  stream_->tcp().expires_after(timeout);
+  auto [ec, n] = co_await http::async_read_header(*stream_, buffer_, *parser_, use_tuple);
+  stream_->tcp().expires_never();
+  if (n > 0 || parser_->got_some()) got_bytes_ = true;
+  if (ec) broken_ = true;
+  co_return ec;
+}
+
+asio::awaitable<std::pair<error_code, std::size_t>> UpstreamConn::read_body(char* buf,
+                                                                            std::size_t n) {
+  if (parser_->is_done()) co_return std::pair{error_code{}, std::size_t{0}};
+  // read_some, not read: a streamed response (SSE, long poll) must reach the client
+  // as it arrives, not once a whole buffer is full.
+  auto& body = parser_->get().body();
+  std::size_t got = 0;
+  while (got == 0 && !parser_->is_done()) {
+    body.data = buf;
+    body.size = n;
+    auto [ec, r] = co_await http::async_read_some(*stream_, buffer_, *parser_, use_tuple);
+    if (ec == http::error::need_buffer) ec = {};
+    got = n - body.size;
+    if (ec) {
+      broken_ = true;
+      co_return std::pair{ec, got};
+    }
+  }
+  co_return std::pair{error_code{}, got};
+}
+
+std::optional<uint64_t> UpstreamConn::content_length_remaining() const {
+  if (!parser_) return std::nullopt;
+  auto r = parser_->content_length_remaining();
+  if (r) return *r;
+  return std::nullopt;
+}
+
+bool UpstreamConn::response_until_close() const {
+  return parser_ && !parser_->chunked() && !parser_->content_length() && !parser_->skip() &&
+         parser_->need_eof();
+}
+
+bool UpstreamConn::reusable() const {
+  if (broken_ || !parser_ || !parser_->is_done() || !request_done_ || request_close_) return false;
+  if (!parser_->keep_alive() || parser_->upgrade()) return false;
+  return buffer_.size() == 0;
+}
+
+void UpstreamConn::close() noexcept {
+  broken_ = true;
+  error_code ec;
+  auto& sock = stream_->tcp().socket();
+  sock.shutdown(asio::ip::tcp::socket::shutdown_both, ec);
+  sock.close(ec);
+}
+
+}  // namespace upkeep

@@ -1,0 +1,115 @@
+// The Asio side of the pool: one ConnectionPool per origin for the whole process,
+// driven by a PoolCore (the decisions) and owned by one strand (no locks). Sessions
+// on any worker thread ask for a lease with async_acquire and give the connection
+// back with release(); both hop onto the pool's strand.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+
+#include <boost/asio/any_completion_handler.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+
+#include "error.hpp"
+#include "metrics.hpp"
+#include "origin.hpp"
+#include "pool_core.hpp"
+#include "router.hpp"
+#include "upstream_connector.hpp"
+#include "upstream_h1.hpp"
+
+namespace upkeep {
+
+struct Lease {
+  errc error = errc::ok;
+  std::shared_ptr<UpstreamConn> conn;
+  bool reused = false;
+  std::chrono::steady_clock::duration waited{};
+};
+
+pool::Limits pool_limits(const UpstreamSettings& s);
+
+class ConnectionPool : public std::enable_shared_from_this<ConnectionPool> {
+ public:
+  ConnectionPool(asio::io_context& ioc, Origin origin, const UpstreamSettings& settings,
+                 std::shared_ptr<const Router> router);
+
+  // Completes with a Lease on the caller's executor. fresh_only: a connection that
+  // never carried an exchange (the one retry after a stale reused connection).
+  template <class Token>
+  auto async_acquire(bool fresh_only, Token&& token) {
+    return asio::async_initiate<Token, void(Lease)>(
+        [self = shared_from_this()](auto handler, bool fresh) {
+          auto ex = asio::get_associated_executor(handler, self->strand_);
+          asio::dispatch(
+              self->strand_,
+              [self, fresh, ex,
+               h = asio::any_completion_handler<void(Lease)>(std::move(handler))]() mutable {
+                self->do_acquire(fresh, std::move(ex), std::move(h));
+              });
+        },
+        token, fresh_only);
+  }
+
+  // The exchange on conn is over. reusable=false closes it with `reason`.
+  // idle_hint: the server's Keep-Alive timeout, if it gave one.
+  void release(std::shared_ptr<UpstreamConn> conn, bool reusable, pool::CloseReason reason,
+               std::optional<std::chrono::steady_clock::duration> idle_hint = std::nullopt);
+
+  void shutdown();
+  const Origin& origin() const noexcept { return origin_; }
+
+ private:
+  struct Waiter {
+    asio::any_io_executor ex;
+    asio::any_completion_handler<void(Lease)> handler;
+    std::chrono::steady_clock::time_point since;
+  };
+
+  void do_acquire(bool fresh, asio::any_io_executor ex,
+                  asio::any_completion_handler<void(Lease)> h);
+  void run(pool::Actions& actions);
+  void start_connect(pool::ConnId id);
+  void on_connected(pool::ConnId id, ConnectOutcome outcome);
+  void complete(pool::WaiterId w, Lease lease);
+  void watch_idle(pool::ConnId id);
+  void close_conn(pool::ConnId id, pool::CloseReason reason, uint64_t requests);
+  void arm_timer();
+  void publish_gauges();
+
+  asio::io_context& ioc_;
+  asio::strand<asio::io_context::executor_type> strand_;
+  Origin origin_;
+  UpstreamSettings settings_;
+  std::shared_ptr<const Router> router_;
+  pool::PoolCore core_;
+  metrics::OriginMetrics& m_;
+  asio::steady_timer timer_;
+  std::unordered_map<pool::ConnId, std::shared_ptr<UpstreamConn>> conns_;
+  std::unordered_map<pool::WaiterId, Waiter> waiters_;
+  errc last_connect_error_ = errc::connect_failed;
+  std::optional<std::chrono::steady_clock::time_point> timer_at_;
+};
+
+// Every pool of the process, by origin. get() is called once per exchange.
+class PoolRegistry {
+ public:
+  explicit PoolRegistry(asio::io_context& ioc) : ioc_(ioc) {}
+  std::shared_ptr<ConnectionPool> get(const Origin& origin, const UpstreamSettings& settings,
+                                      const std::shared_ptr<const Router>& router);
+  void shutdown_all();
+
+ private:
+  asio::io_context& ioc_;
+  std::mutex mu_;
+  std::unordered_map<Origin, std::shared_ptr<ConnectionPool>, OriginHash> pools_;
+};
+
+}  // namespace upkeep
