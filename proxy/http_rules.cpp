@@ -1,1 +1,342 @@
 #include "http_rules.hpp"
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace upkeep {
+
+namespace {
+
+char ascii_lower(char c) noexcept {
+  return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
+}
+
+bool iequals(std::string_view a, std::string_view b) noexcept {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+           return ascii_lower(x) == ascii_lower(y);
+         });
+}
+
+bool is_ows(char c) noexcept {
+  return c == ' ' || c == '\t';
+}
+
+std::string_view trim_ows(std::string_view s) noexcept {
+  while (!s.empty() && is_ows(s.front()))
+    s.remove_prefix(1);
+  while (!s.empty() && is_ows(s.back()))
+    s.remove_suffix(1);
+  return s;
+}
+
+std::string_view sv(boost::beast::string_view s) noexcept {
+  return {s.data(), s.size()};
+}
+
+struct FieldRange {
+  http::fields::const_iterator b, e;
+  http::fields::const_iterator begin() const { return b; }
+  http::fields::const_iterator end() const { return e; }
+};
+
+FieldRange values_of(const http::fields& f, http::field name) {
+  auto [b, e] = f.equal_range(name);
+  return {b, e};
+}
+
+bool is_tchar(char c) noexcept {
+  if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) return true;
+  return std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
+}
+
+// RFC 9110 §5.5: field values are VCHAR / obs-text / SP / HTAB. NUL, CR, LF and
+// the other controls are what header-injection and request-splitting ride on.
+bool has_forbidden_ctl(std::string_view v) noexcept {
+  return std::any_of(v.begin(), v.end(), [](char c) {
+    auto u = static_cast<unsigned char>(c);
+    return (u < 0x20 && c != '\t') || u == 0x7f;
+  });
+}
+
+// Splits a comma-separated list, skipping empty elements (RFC 9110 §5.6.1).
+// Commas inside a parenthesised comment do not split (Via carries comments).
+template <class F>
+void for_each_list_element(std::string_view v, F&& fn) {
+  size_t start = 0;
+  int depth = 0;
+  for (size_t i = 0; i <= v.size(); ++i) {
+    if (i < v.size()) {
+      char c = v[i];
+      if (c == '(') ++depth;
+      if (c == ')' && depth > 0) --depth;
+      if (c != ',' || depth > 0) continue;
+    }
+    auto elem = trim_ows(v.substr(start, i - start));
+    if (!elem.empty()) fn(elem);
+    start = i + 1;
+  }
+}
+
+std::string lower(std::string_view s) {
+  std::string out(s);
+  std::transform(out.begin(), out.end(), out.begin(), ascii_lower);
+  return out;
+}
+
+// Connection may name any field, but stripping the ones that frame or address
+// the message would let a client rewrite how the next hop reads it.
+bool protected_from_connection(std::string_view name) noexcept {
+  return iequals(name, "host") || iequals(name, "content-length");
+}
+
+std::string via_version(unsigned v) {
+  unsigned major = v / 10, minor = v % 10;
+  // RFC 9110 §7.6.3 uses the bare major version for HTTP/2 and later.
+  if (major >= 2 && minor == 0) return std::to_string(major);
+  return std::to_string(major) + '.' + std::to_string(minor);
+}
+
+int b64_value(char c) noexcept {
+  if (c >= 'A' && c <= 'Z') return c - 'A';
+  if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+  if (c >= '0' && c <= '9') return c - '0' + 52;
+  if (c == '+') return 62;
+  if (c == '/') return 63;
+  return -1;
+}
+
+// Strict RFC 4648 §4: padded, no whitespace, no stray bits in the last group.
+std::optional<std::string> b64_decode(std::string_view in) {
+  if (in.empty() || in.size() % 4 != 0) return std::nullopt;
+  size_t pad = 0;
+  if (in.back() == '=') ++pad;
+  if (in.size() >= 2 && in[in.size() - 2] == '=') ++pad;
+  std::string out;
+  out.reserve(in.size() / 4 * 3);
+  for (size_t i = 0; i < in.size(); i += 4) {
+    bool last = i + 4 == in.size();
+    std::array<int, 4> q{};
+    for (size_t j = 0; j < 4; ++j) {
+      if (last && j >= 4 - pad) {
+        q[j] = 0;
+        continue;
+      }
+      q[j] = b64_value(in[i + j]);
+      if (q[j] < 0) return std::nullopt;
+    }
+    uint32_t n = (static_cast<uint32_t>(q[0]) << 18) | (static_cast<uint32_t>(q[1]) << 12) |
+                 (static_cast<uint32_t>(q[2]) << 6) | static_cast<uint32_t>(q[3]);
+    out += static_cast<char>((n >> 16) & 0xff);
+    if (last && pad == 2) {
+      if ((n & 0xffff) != 0) return std::nullopt;
+      break;
+    }
+    out += static_cast<char>((n >> 8) & 0xff);
+    if (last && pad == 1) {
+      if ((n & 0xff) != 0) return std::nullopt;
+      break;
+    }
+    out += static_cast<char>(n & 0xff);
+  }
+  return out;
+}
+
+// Time depends only on the lengths, never on where the first difference is.
+bool constant_time_equal(std::string_view a, std::string_view b) noexcept {
+  size_t n = std::max(a.size(), b.size());
+  unsigned diff = a.size() == b.size() ? 0u : 1u;
+  for (size_t i = 0; i < n; ++i) {
+    auto x = i < a.size() ? static_cast<unsigned char>(a[i]) : 0u;
+    auto y = i < b.size() ? static_cast<unsigned char>(b[i]) : 0u;
+    diff |= x ^ y;
+  }
+  return diff == 0;
+}
+
+}  // namespace
+
+errc check_request_framing(const http::request_header<>& req) {
+  size_t hosts = 0, te_fields = 0, cl_fields = 0;
+  for (const auto& f : req) {
+    std::string_view name = sv(f.name_string());
+    std::string_view value = sv(f.value());
+    if (name.empty() || !std::all_of(name.begin(), name.end(), is_tchar)) return errc::bad_request;
+    if (has_forbidden_ctl(value)) return errc::bad_request;
+    switch (f.name()) {
+      case http::field::host: {
+        ++hosts;
+        auto h = trim_ows(value);
+        if (std::any_of(h.begin(), h.end(), is_ows)) return errc::bad_request;
+        break;
+      }
+      case http::field::transfer_encoding:
+        // RFC 9112 §6.3: only a final "chunked" frames a request; anything else
+        // (other codings, lists, parameters, repeats) is read differently by
+        // different hops, which is what request smuggling exploits.
+        ++te_fields;
+        if (!iequals(trim_ows(value), "chunked")) return errc::bad_request;
+        break;
+      case http::field::content_length: {
+        ++cl_fields;
+        auto v = trim_ows(value);
+        if (v.empty() || v.size() > 19 ||
+            !std::all_of(v.begin(), v.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+          return errc::bad_request;
+        }
+        break;
+      }
+      default:
+        break;
+    }
+  }
+  // RFC 9112 §3.2: more than one Host is a 400, and so is its absence in HTTP/1.1.
+  if (hosts > 1 || (hosts == 0 && req.version() >= 11)) return errc::bad_request;
+  // Repeated Content-Length, even with equal values, is refused as nginx does.
+  if (te_fields > 1 || cl_fields > 1) return errc::bad_request;
+  if (te_fields > 0 && cl_fields > 0) return errc::bad_request;
+  // RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 message means faulty framing.
+  if (te_fields > 0 && req.version() < 11) return errc::bad_request;
+  return errc::ok;
+}
+
+bool has_own_via(const http::fields& f) {
+  bool found = false;
+  for (const auto& fld : values_of(f, http::field::via)) {
+    for_each_list_element(sv(fld.value()), [&found](std::string_view entry) {
+      // entry = received-protocol RWS received-by [ RWS comment ]
+      auto sp = entry.find_first_of(" \t");
+      if (sp == std::string_view::npos) return;
+      auto rest = trim_ows(entry.substr(sp));
+      auto end = rest.find_first_of(" \t(");
+      if (iequals(rest.substr(0, end), kViaToken)) found = true;
+    });
+  }
+  return found;
+}
+
+void strip_hop_by_hop(http::fields& f, bool keep_te_trailers) {
+  std::vector<std::string> named;
+  for (const auto& fld : values_of(f, http::field::connection)) {
+    for_each_list_element(sv(fld.value()), [&named](std::string_view tok) {
+      if (!protected_from_connection(tok)) named.push_back(lower(tok));
+    });
+  }
+  bool te_trailers = false;
+  if (keep_te_trailers) {
+    for (const auto& fld : values_of(f, http::field::te)) {
+      for_each_list_element(sv(fld.value()), [&te_trailers](std::string_view tok) {
+        auto semi = tok.find(';');
+        if (iequals(trim_ows(tok.substr(0, semi)), "trailers")) te_trailers = true;
+      });
+    }
+  }
+  for (const auto& n : named) {
+    f.erase(n);
+  }
+  for (auto fld : {http::field::connection, http::field::proxy_connection, http::field::keep_alive,
+                   http::field::te, http::field::transfer_encoding, http::field::upgrade,
+                   http::field::proxy_authorization, http::field::proxy_authenticate}) {
+    f.erase(fld);
+  }
+  // "trailers" is the one TE value an end-to-end request still needs (gRPC,
+  // and HTTP/2 permits exactly this value).
+  if (te_trailers) f.set(http::field::te, "trailers");
+}
+
+void add_via(http::fields& f, unsigned received_version) {
+  // One combined field: equivalent per RFC 9110 §5.3, and some origins read only
+  // the first Via line.
+  std::string v;
+  for (const auto& fld : values_of(f, http::field::via)) {
+    auto val = trim_ows(sv(fld.value()));
+    if (val.empty()) continue;
+    if (!v.empty()) v += ", ";
+    v += val;
+  }
+  if (!v.empty()) v += ", ";
+  v += via_version(received_version);
+  v += ' ';
+  v += kViaToken;
+  f.set(http::field::via, v);
+}
+
+void prepare_upstream_request(http::request_header<>& req, std::string_view path,
+                              std::string_view host_header) {
+  strip_hop_by_hop(req, true);
+  add_via(req, req.version());
+  req.target(path);
+  req.version(11);
+  req.set(http::field::host, host_header);
+}
+
+void prepare_downstream_response(http::response_header<>& res, unsigned client_version,
+                                 bool client_keep_alive) {
+  strip_hop_by_hop(res, false);
+  add_via(res, res.version());
+  res.version(client_version);
+  // Connection is gone after the strip, so only the non-default case needs a
+  // token: 1.0 closes unless told "keep-alive", 1.1 stays open unless told "close".
+  if (client_version < 11 && client_keep_alive) res.set(http::field::connection, "keep-alive");
+  if (client_version >= 11 && !client_keep_alive) res.set(http::field::connection, "close");
+}
+
+std::optional<std::chrono::seconds> keep_alive_timeout(const http::fields& f) {
+  // A day is far past any idle_timeout; larger values are noise, not hints.
+  constexpr long kMax = 86400;
+  std::optional<std::chrono::seconds> out;
+  for (const auto& fld : values_of(f, http::field::keep_alive)) {
+    for_each_list_element(sv(fld.value()), [&out](std::string_view param) {
+      if (out) return;
+      auto eq = param.find('=');
+      if (eq == std::string_view::npos || !iequals(trim_ows(param.substr(0, eq)), "timeout"))
+        return;
+      auto v = trim_ows(param.substr(eq + 1));
+      if (v.size() >= 2 && v.front() == '"' && v.back() == '"') v = v.substr(1, v.size() - 2);
+      if (v.empty() || v.size() > 6 ||
+          !std::all_of(v.begin(), v.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+        return;
+      }
+      long n = std::stol(std::string(v));
+      // timeout=0 would make every pooled connection unusable; treat it as no hint.
+      if (n >= 1 && n <= kMax) out = std::chrono::seconds(n);
+    });
+  }
+  return out;
+}
+
+bool is_idempotent(http::verb v) noexcept {
+  switch (v) {
+    case http::verb::get:
+    case http::verb::head:
+    case http::verb::options:
+    case http::verb::trace:
+    case http::verb::put:
+    case http::verb::delete_:
+      return true;
+    default:
+      return false;
+  }
+}
+
+bool basic_credentials_ok(std::string_view proxy_authorization,
+                          const std::vector<std::string>& user_pass_lines) {
+  auto v = trim_ows(proxy_authorization);
+  auto sp = v.find(' ');
+  if (sp == std::string_view::npos || !iequals(v.substr(0, sp), "basic")) return false;
+  auto decoded = b64_decode(trim_ows(v.substr(sp + 1)));
+  if (!decoded || decoded->find(':') == std::string::npos) return false;
+  bool ok = false;
+  // Every candidate is compared, so the time does not reveal which line matched.
+  for (const auto& line : user_pass_lines) {
+    std::string_view cand = line;
+    if (!cand.empty() && cand.back() == '\r') cand.remove_suffix(1);
+    if (cand.empty()) continue;
+    ok |= constant_time_equal(*decoded, cand);
+  }
+  return ok;
+}
+
+}  // namespace upkeep
