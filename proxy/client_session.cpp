@@ -333,7 +333,9 @@ asio::awaitable<bool> ClientSession::exchange(RequestParser& parser, const Snaps
         co_return false;
       }
       const bool last = conn->response_done();
-      down.body().data = body_buf_.data();
+      // An empty buffer must be passed as null: Beast would emit a zero-size chunk,
+      // which is the chunked terminator, and then terminate the body again.
+      down.body().data = n ? body_buf_.data() : nullptr;
       down.body().size = n;
       down.body().more = !last;
       stream_.expires_after(snap.router->config().limits.client_idle_timeout);

@@ -38,7 +38,8 @@ asio::awaitable<error_code> UpstreamConn::write_header(http::request_header<>&& 
 }
 
 asio::awaitable<error_code> UpstreamConn::write_body(const char* data, std::size_t n, bool last) {
-  req_.body().data = const_cast<char*>(data);
+  // Null for an empty buffer: a zero-size chunk would terminate the body early.
+  req_.body().data = n ? const_cast<char*>(data) : nullptr;
   req_.body().size = n;
   req_.body().more = !last;
   auto [ec, written] = co_await http::async_write(*stream_, *req_sr_, use_tuple);
