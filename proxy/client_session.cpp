@@ -31,7 +31,11 @@ using tcp = asio::ip::tcp;
 constexpr std::size_t kBodyChunk = 64 * 1024;
 
 // Body relay outcome: which side failed decides what happens to the upstream.
-enum class BodyResult { ok, client_failed, upstream_failed };
+enum class BodyResult { ok, client_failed, client_malformed, upstream_failed };
+
+bool is_parse_error(const error_code& ec) {
+  return ec.category() == http::make_error_code(http::error::bad_chunk).category();
+}
 
 class ClientSession : public std::enable_shared_from_this<ClientSession> {
  public:
@@ -228,11 +232,15 @@ asio::awaitable<bool> ClientSession::exchange(RequestParser& parser, const Snaps
     bool body_sent = !has_body;
     if (!ec && has_body && !expect_continue) {
       auto r = co_await relay_request_body(parser, *conn);
-      if (r == BodyResult::client_failed) {
+      if (r == BodyResult::client_failed || r == BodyResult::client_malformed) {
         // HTTP/1.1 cannot abandon a request mid-body: the connection must go.
         pool->release(conn, false, pool::CloseReason::client_abort);
-        e.error = "client_closed";
-        write_access_log(e);
+        if (r == BodyResult::client_malformed) {
+          co_await send_error(errc::bad_request, version, true, e, "invalid request body framing");
+        } else {
+          e.error = "client_closed";
+          write_access_log(e);
+        }
         co_return false;
       }
       if (r == BodyResult::upstream_failed) ec = asio::error::broken_pipe;
@@ -252,8 +260,12 @@ asio::awaitable<bool> ClientSession::exchange(RequestParser& parser, const Snaps
       }
       if (status == 100 && !body_sent) {
         auto r = co_await relay_request_body(parser, *conn);
-        if (r == BodyResult::client_failed) {
+        if (r == BodyResult::client_failed || r == BodyResult::client_malformed) {
           pool->release(conn, false, pool::CloseReason::client_abort);
+          if (r == BodyResult::client_malformed) {
+            co_await send_error(errc::bad_request, version, true, e,
+                                "invalid request body framing");
+          }
           co_return false;
         }
         if (r == BodyResult::upstream_failed) ec = asio::error::broken_pipe;
@@ -373,7 +385,7 @@ asio::awaitable<BodyResult> ClientSession::relay_request_body(RequestParser& par
     auto [ec, n] = co_await http::async_read_some(stream_, buffer_, parser, use_tuple);
     stream_.expires_never();
     if (ec == http::error::need_buffer) ec = {};
-    if (ec) co_return BodyResult::client_failed;
+    if (ec) co_return is_parse_error(ec) ? BodyResult::client_malformed : BodyResult::client_failed;
     const std::size_t got = body_buf_.size() - body.size;
     const bool last = parser.is_done();
     if (got == 0 && !last) continue;

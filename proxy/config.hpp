@@ -38,38 +38,38 @@ struct DrainSettings {
 // Everything under `upstream:`; a route starts from a copy of these and overrides keys.
 struct UpstreamSettings {
   bool tls = true;
-  std::map<uint16_t, uint16_t> port_map{{80, 443}};  // applied only when tls is true
+  std::map<uint16_t, uint16_t> port_map{{80, 443}};      // applied only when tls is true
   std::vector<std::string> protocols{"h2", "http/1.1"};  // ALPN ids, offer order
-  uint32_t max_connections = 4;            // >= 1
-  uint32_t max_concurrent_streams = 100;   // >= 1
-  uint64_t max_requests_per_connection = 0;  // 0 = unlimited
-  Duration max_connection_age{0};            // 0 = unlimited
+  uint32_t max_connections = 4;                          // >= 1
+  uint32_t max_concurrent_streams = 100;                 // >= 1
+  uint64_t max_requests_per_connection = 0;              // 0 = unlimited
+  Duration max_connection_age{0};                        // 0 = unlimited
   Duration idle_timeout = std::chrono::seconds(60);
   Duration connect_timeout = std::chrono::seconds(5);
   Duration response_timeout = std::chrono::seconds(30);
   QueueSettings queue;
   DrainSettings drain;
   bool retry_idempotent = true;
-  std::string ca_file;   // "" = system trust store
+  std::string ca_file;  // "" = system trust store
   bool verify = true;
-  std::string sni;       // "" = origin host
+  std::string sni;  // "" = origin host
   std::string client_cert;
   std::string client_key;
   bool operator==(const UpstreamSettings&) const = default;
 };
 
 struct Route {
-  std::string host_pattern;          // "api.example.com" or "*.example.com", lower-cased
-  std::optional<uint16_t> port;      // from an optional ":port" suffix of `host`
+  std::string host_pattern;      // "api.example.com" or "*.example.com", lower-cased
+  std::optional<uint16_t> port;  // from an optional ":port" suffix of `host`
   std::optional<HostPort> connect_to;
-  UpstreamSettings upstream;         // upstream defaults with this route's overrides applied
+  UpstreamSettings upstream;  // upstream defaults with this route's overrides applied
   bool operator==(const Route&) const = default;
 };
 
 enum class ConnectMode { tunnel, deny, intercept };
 
 struct Cidr {
-  std::string text;       // as written, e.g. "169.254.0.0/16"
+  std::string text;           // as written, e.g. "169.254.0.0/16"
   std::vector<uint8_t> addr;  // 4 or 16 bytes, network order, host bits cleared
   unsigned prefix = 0;
   bool operator==(const Cidr&) const = default;
@@ -81,7 +81,7 @@ struct AccessSettings {
   std::vector<Cidr> deny_networks;
   ConnectMode connect = ConnectMode::tunnel;
   std::vector<uint16_t> connect_ports{443};
-  std::string auth;        // path of a user:password file; "" = no auth
+  std::string auth;  // path of a user:password file; "" = no auth
   bool open_proxy = false;
   bool operator==(const AccessSettings&) const = default;
 };
@@ -148,7 +148,7 @@ std::string to_yaml(const Config& cfg);
 
 // Parsers shared with other modules and tests. They throw ConfigError with a
 // message that does not name a key; callers prefix it.
-Duration parse_duration(const std::string& text);  // "500ms", "10s", "1m", "2h", "0"
+Duration parse_duration(const std::string& text);   // "500ms", "10s", "1m", "2h", "0"
 uint64_t parse_size(const std::string& text);       // "1024", "64KiB", "1MiB", "1GiB"
 HostPort parse_host_port(const std::string& text);  // "127.0.0.1:3128", "[::1]:80"
 bool is_loopback_host(const std::string& host);     // 127.0.0.0/8, ::1, "localhost"

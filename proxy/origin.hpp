@@ -49,7 +49,8 @@ struct OriginHash {
     if (o.connect_to) mix(std::hash<std::string>{}(o.connect_to->to_string()));
     mix(std::hash<std::string>{}(o.ca_file));
     mix(std::hash<std::string>{}(o.client_cert));
-    for (const auto& p : o.protocols) mix(std::hash<std::string>{}(p));
+    for (const auto& p : o.protocols)
+      mix(std::hash<std::string>{}(p));
     return h;
   }
 };

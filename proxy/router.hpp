@@ -18,10 +18,10 @@
 namespace upkeep {
 
 struct RouteDecision {
-  Origin origin;                        // pool key
-  const UpstreamSettings* settings;     // owned by the Router's Config; valid while it lives
-  std::string host_header;              // Host for the upstream request
-  std::string path;                     // origin-form target for the upstream request
+  Origin origin;                     // pool key
+  const UpstreamSettings* settings;  // owned by the Router's Config; valid while it lives
+  std::string host_header;           // Host for the upstream request
+  std::string path;                  // origin-form target for the upstream request
 };
 
 template <class T>
