@@ -6,6 +6,7 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
@@ -65,6 +66,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   beast::tcp_stream stream_;
   std::shared_ptr<Runtime> rt_;
   std::string client_ = "-";
+  bool idle_ = false;  // waiting for the first byte of a request; only the strand touches it
   beast::flat_buffer buffer_;
   std::array<char, kBodyChunk> body_buf_;
 };
@@ -85,6 +87,17 @@ asio::awaitable<void> ClientSession::run() {
       rt->client_connections.fetch_sub(1);
     }
   } active{rt_};
+  struct Hook {
+    std::shared_ptr<Runtime> rt;
+    uint64_t id;
+    ~Hook() { rt->remove_drain_hook(id); }
+  } hook{rt_, rt_->add_drain_hook([weak = weak_from_this()]() {
+           if (auto self = weak.lock()) {
+             asio::post(self->stream_.get_executor(), [self]() {
+               if (self->idle_) self->stream_.socket().cancel();
+             });
+           }
+         })};
 
   bool first = true;
   for (;;) {
@@ -96,8 +109,11 @@ asio::awaitable<void> ClientSession::run() {
     // Between requests a client may stay silent up to client_idle_timeout; once the
     // first byte arrives the whole header must follow within client_header_timeout.
     if (buffer_.size() == 0) {
+      if (rt_->draining.load()) co_return;
       stream_.expires_after(first ? limits.client_header_timeout : limits.client_idle_timeout);
+      idle_ = true;
       auto [ec, n] = co_await stream_.async_read_some(buffer_.prepare(4096), use_tuple);
+      idle_ = false;
       if (ec) co_return;
       buffer_.commit(n);
       if (first && looks_like_tls(buffer_)) {
@@ -108,7 +124,6 @@ asio::awaitable<void> ClientSession::run() {
         co_return;
       }
     }
-    if (rt_->draining.load()) co_return;
     first = false;
     RequestParser parser;
     parser.header_limit(static_cast<std::uint32_t>(limits.max_header_bytes));
@@ -254,7 +269,7 @@ asio::awaitable<bool> ClientSession::exchange(RequestParser& parser, const Snaps
       if (ec) break;
       const unsigned status = conn->response().result_int();
       if (status >= 200 || status == 101) break;
-      if (!co_await send_interim(conn->response())) {
+      if (version >= 11 && !co_await send_interim(conn->response())) {
         pool->release(conn, false, pool::CloseReason::client_abort);
         co_return false;
       }

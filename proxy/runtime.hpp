@@ -3,7 +3,10 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <memory>
+#include <mutex>
+#include <unordered_map>
 #include <string>
 #include <vector>
 
@@ -26,6 +29,27 @@ struct Runtime {
   std::atomic<uint64_t> client_connections{0};
 
   std::shared_ptr<const Snapshot> current() const { return snapshot.load(); }
+
+  // Sessions register a hook that closes them if they sit idle between requests, so
+  // a drain is not held up by keep-alive clients that have nothing in flight.
+  uint64_t add_drain_hook(std::function<void()> fn) {
+    std::lock_guard lock(hooks_mu_);
+    hooks_.emplace(++next_hook_, std::move(fn));
+    return next_hook_;
+  }
+  void remove_drain_hook(uint64_t id) {
+    std::lock_guard lock(hooks_mu_);
+    hooks_.erase(id);
+  }
+  void run_drain_hooks() {
+    std::lock_guard lock(hooks_mu_);
+    for (auto& [id, fn] : hooks_) fn();
+  }
+
+ private:
+  std::mutex hooks_mu_;
+  std::unordered_map<uint64_t, std::function<void()>> hooks_;
+  uint64_t next_hook_ = 0;
 };
 
 // Reads access.auth; throws ConfigError naming the key.

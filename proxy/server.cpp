@@ -203,6 +203,7 @@ int run_server(Config cfg, const std::string& config_path, const Overrides& over
       rt->draining.store(true);
       error_code ignored;
       acceptor.close(ignored);
+      rt->run_drain_hooks();
       drain_deadline = std::chrono::steady_clock::now() + cfg.shutdown_grace;
       check_drained();
       wait_signal();
