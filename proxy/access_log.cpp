@@ -31,11 +31,11 @@ void text_field(std::string& line, std::string_view k, std::string_view v) {
 }  // namespace
 
 void write_access_log(const AccessEntry& e) {
-  if (!log::settings().access_log) return;
+  if (!log::access_log_enabled()) return;
   const auto duration = std::chrono::steady_clock::now() - e.start_mono;
   std::string line;
   line.reserve(256);
-  if (log::settings().format == LogFormat::json) {
+  if (log::format() == LogFormat::json) {
     line += "{\"time\":";
     log::append_json_string(line, log::now_rfc3339());
     auto str = [&](std::string_view k, std::string_view v) {

@@ -68,7 +68,13 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   std::string client_ = "-";
   bool idle_ = false;  // waiting for the first byte of a request; only the strand touches it
   beast::flat_buffer buffer_;
-  std::array<char, kBodyChunk> body_buf_;
+  // Allocated for an exchange and freed while the client idles, so an idle
+  // keep-alive connection costs a few hundred bytes, not a body buffer.
+  std::unique_ptr<char[]> body_buf_;
+  char* body_buf() {
+    if (!body_buf_) body_buf_ = std::make_unique_for_overwrite<char[]>(kBodyChunk);
+    return body_buf_.get();
+  }
 };
 
 bool looks_like_tls(const beast::flat_buffer& b) {
@@ -110,6 +116,8 @@ asio::awaitable<void> ClientSession::run() {
     // first byte arrives the whole header must follow within client_header_timeout.
     if (buffer_.size() == 0) {
       if (rt_->draining.load()) co_return;
+      body_buf_.reset();
+      buffer_.shrink_to_fit();
       stream_.expires_after(first ? limits.client_header_timeout : limits.client_idle_timeout);
       idle_ = true;
       auto [ec, n] = co_await stream_.async_read_some(buffer_.prepare(4096), use_tuple);
@@ -349,7 +357,7 @@ asio::awaitable<bool> ClientSession::exchange(RequestParser& parser, const Snaps
       }
     }
     for (;;) {
-      auto [rec, n] = co_await conn->read_body(body_buf_.data(), body_buf_.size());
+      auto [rec, n] = co_await conn->read_body(body_buf(), kBodyChunk);
       if (rec) {
         // The response is cut short upstream; the client can only learn it from the
         // connection closing before the framing completes.
@@ -362,7 +370,7 @@ asio::awaitable<bool> ClientSession::exchange(RequestParser& parser, const Snaps
       const bool last = conn->response_done();
       // An empty buffer must be passed as null: Beast would emit a zero-size chunk,
       // which is the chunked terminator, and then terminate the body again.
-      down.body().data = n ? body_buf_.data() : nullptr;
+      down.body().data = n ? body_buf() : nullptr;
       down.body().size = n;
       down.body().more = !last;
       stream_.expires_after(snap.router->config().limits.client_idle_timeout);
@@ -394,17 +402,17 @@ asio::awaitable<BodyResult> ClientSession::relay_request_body(RequestParser& par
   const auto& limits = rt_->current()->router->config().limits;
   while (!parser.is_done()) {
     auto& body = parser.get().body();
-    body.data = body_buf_.data();
-    body.size = body_buf_.size();
+    body.data = body_buf();
+    body.size = kBodyChunk;
     stream_.expires_after(limits.client_idle_timeout);
     auto [ec, n] = co_await http::async_read_some(stream_, buffer_, parser, use_tuple);
     stream_.expires_never();
     if (ec == http::error::need_buffer) ec = {};
     if (ec) co_return is_parse_error(ec) ? BodyResult::client_malformed : BodyResult::client_failed;
-    const std::size_t got = body_buf_.size() - body.size;
+    const std::size_t got = kBodyChunk - body.size;
     const bool last = parser.is_done();
     if (got == 0 && !last) continue;
-    if (auto wec = co_await conn.write_body(body_buf_.data(), got, last); wec) {
+    if (auto wec = co_await conn.write_body(body_buf(), got, last); wec) {
       co_return BodyResult::upstream_failed;
     }
   }
@@ -430,7 +438,7 @@ asio::awaitable<void> ClientSession::drain(std::shared_ptr<ConnectionPool> pool,
   uint64_t drained = 0;
   bool failed = false;
   while (!conn->response_done()) {
-    auto [ec, n] = co_await conn->read_body(body_buf_.data(), body_buf_.size());
+    auto [ec, n] = co_await conn->read_body(body_buf(), kBodyChunk);
     drained += n;
     if (ec || drained > s.drain.max_bytes) {
       failed = true;

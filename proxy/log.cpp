@@ -13,8 +13,9 @@ namespace upkeep::log {
 namespace {
 
 std::mutex g_mutex;
-LogSettings g_settings;
 std::atomic<int> g_level{static_cast<int>(LogLevel::info)};
+std::atomic<LogFormat> g_format{LogFormat::text};
+std::atomic<bool> g_access{true};
 const bool g_journald = std::getenv("JOURNAL_STREAM") != nullptr;
 
 std::string_view level_name(LogLevel l) {
@@ -45,17 +46,20 @@ void write_all(int fd, const std::string& s) {
 }  // namespace
 
 void configure(const LogSettings& s) {
-  std::lock_guard lock(g_mutex);
-  g_settings = s;
   g_level.store(static_cast<int>(s.level), std::memory_order_relaxed);
+  g_format.store(s.format, std::memory_order_relaxed);
+  g_access.store(s.access_log, std::memory_order_relaxed);
 }
 
 bool enabled(LogLevel level) noexcept {
   return static_cast<int>(level) >= g_level.load(std::memory_order_relaxed);
 }
 
-const LogSettings& settings() noexcept {
-  return g_settings;
+LogFormat format() noexcept {
+  return g_format.load(std::memory_order_relaxed);
+}
+bool access_log_enabled() noexcept {
+  return g_access.load(std::memory_order_relaxed);
 }
 
 std::string now_rfc3339() {
@@ -106,7 +110,7 @@ void append_json_string(std::string& out, std::string_view s) {
 void write(LogLevel level, std::string_view msg, std::initializer_list<Field> fields) {
   std::string line;
   line.reserve(128);
-  if (g_settings.format == LogFormat::json) {
+  if (format() == LogFormat::json) {
     line += '{';
     if (!g_journald) {
       line += "\"time\":";

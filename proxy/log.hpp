@@ -12,7 +12,9 @@ namespace upkeep::log {
 
 void configure(const LogSettings& s);
 bool enabled(LogLevel level) noexcept;
-const LogSettings& settings() noexcept;
+// Read on every line from any worker; reload may change them, hence atomics.
+LogFormat format() noexcept;
+bool access_log_enabled() noexcept;
 
 // msg is a short human sentence; fields are pre-rendered "key=value" pairs (text)
 // and are emitted as JSON members when format is json.

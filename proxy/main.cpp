@@ -79,8 +79,7 @@ int main(int argc, char** argv) {
       if (!value(v)) return fail("--log-level: needs a level");
       overrides.log_level = v;
     } else {
-      usage(std::cerr);
-      return fail("unknown argument: " + a);
+      return fail("unknown argument: " + a + " (see upkeep --help)");
     }
   }
 

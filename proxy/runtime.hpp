@@ -6,8 +6,8 @@
 #include <functional>
 #include <memory>
 #include <mutex>
-#include <unordered_map>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "connection_pool.hpp"
@@ -43,7 +43,8 @@ struct Runtime {
   }
   void run_drain_hooks() {
     std::lock_guard lock(hooks_mu_);
-    for (auto& [id, fn] : hooks_) fn();
+    for (auto& [id, fn] : hooks_)
+      fn();
   }
 
  private:
