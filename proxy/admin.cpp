@@ -72,11 +72,12 @@ asio::awaitable<void> admin_session(beast::tcp_stream stream, std::shared_ptr<Ru
 
 }  // namespace
 
-asio::awaitable<void> run_admin(tcp::acceptor& acceptor, std::shared_ptr<Runtime> rt) {
+asio::awaitable<void> run_admin(std::shared_ptr<tcp::acceptor> acceptor,
+                                std::shared_ptr<Runtime> rt) {
   for (;;) {
-    auto [ec, socket] = co_await acceptor.async_accept(asio::make_strand(rt->ioc), use_tuple);
+    auto [ec, socket] = co_await acceptor->async_accept(asio::make_strand(rt->ioc), use_tuple);
     if (ec) {
-      if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
+      if (ec == asio::error::operation_aborted || !acceptor->is_open()) co_return;
       continue;
     }
     auto ex = socket.get_executor();

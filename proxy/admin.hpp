@@ -10,7 +10,8 @@
 namespace upkeep {
 
 // Accepts on `acceptor` until it is closed.
-asio::awaitable<void> run_admin(asio::ip::tcp::acceptor& acceptor, std::shared_ptr<Runtime> rt);
+asio::awaitable<void> run_admin(std::shared_ptr<asio::ip::tcp::acceptor> acceptor,
+                                std::shared_ptr<Runtime> rt);
 
 // `upkeep healthcheck`: GET /readyz on addr; 0 when it answers 200.
 int healthcheck(const HostPort& admin);

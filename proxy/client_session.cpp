@@ -231,7 +231,7 @@ asio::awaitable<bool> ClientSession::exchange(RequestParser& parser, const Snaps
   prepare_upstream_request(up, d.path, d.host_header);
   if (has_body && parser.chunked()) up.set(http::field::transfer_encoding, "chunked");
 
-  auto pool = rt_->pools.get(d.origin, s, snap.router);
+  auto pool = rt_->pools.get(d.origin, s, snap.router, req.target(), req[http::field::host]);
   auto& om = metrics::Registry::get().origin(d.origin.label());
   e.origin = d.origin.label();
   bool fresh_only = false;

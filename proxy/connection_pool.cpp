@@ -68,6 +68,30 @@ void ConnectionPool::shutdown() {
   });
 }
 
+void ConnectionPool::retire() {
+  asio::dispatch(strand_, [self = shared_from_this()]() {
+    pool::Actions actions;
+    auto now = std::chrono::steady_clock::now();
+    for (auto& [id, conn] : self->conns_) {
+      self->core_.drain(id, pool::CloseReason::config_changed, now, actions);
+    }
+    self->run(actions);
+  });
+}
+
+void ConnectionPool::update(const UpstreamSettings& settings,
+                            std::shared_ptr<const Router> router) {
+  asio::dispatch(strand_, [self = shared_from_this(), settings, router = std::move(router)]() {
+    self->settings_ = settings;
+    self->router_ = router;
+    self->core_.set_limits(pool_limits(settings));
+    // set_limits may make work due now (waiters for a raised bound, idle excess).
+    pool::Actions actions;
+    self->core_.expire(std::chrono::steady_clock::now(), actions);
+    self->run(actions);
+  });
+}
+
 // Carries out the core's decisions. Runs on the strand.
 void ConnectionPool::run(pool::Actions& actions) {
   for (std::size_t i = 0; i < actions.size(); ++i) {
@@ -237,17 +261,48 @@ void ConnectionPool::arm_timer() {
 
 std::shared_ptr<ConnectionPool> PoolRegistry::get(const Origin& origin,
                                                   const UpstreamSettings& settings,
-                                                  const std::shared_ptr<const Router>& router) {
+                                                  const std::shared_ptr<const Router>& router,
+                                                  std::string_view target, std::string_view host) {
   std::lock_guard lock(mu_);
   auto& slot = pools_[origin];
-  if (!slot) slot = std::make_shared<ConnectionPool>(ioc_, origin, settings, router);
-  return slot;
+  if (!slot.pool) {
+    slot.pool = std::make_shared<ConnectionPool>(ioc_, origin, settings, router);
+    // Keep only the scheme and authority of the request: enough to route it again.
+    if (!target.empty() && target.front() != '/') {
+      auto path = target.find('/', target.find("//") + 2);
+      slot.probe.target = std::string(target.substr(0, path)) + "/";
+    } else {
+      slot.probe.target = "/";
+    }
+    slot.probe.host = std::string(host);
+    slot.settings = settings;
+  }
+  return slot.pool;
+}
+
+void PoolRegistry::reconfigure(const std::shared_ptr<const Router>& router) {
+  std::lock_guard lock(mu_);
+  for (auto it = pools_.begin(); it != pools_.end();) {
+    auto& entry = it->second;
+    auto routed = router->route(entry.probe.target, entry.probe.host);
+    const auto* d = std::get_if<RouteDecision>(&routed);
+    if (!d || !(d->origin == it->first)) {
+      entry.pool->retire();
+      it = pools_.erase(it);
+      continue;
+    }
+    if (!(*d->settings == entry.settings)) {
+      entry.settings = *d->settings;
+      entry.pool->update(entry.settings, router);
+    }
+    ++it;
+  }
 }
 
 void PoolRegistry::shutdown_all() {
   std::lock_guard lock(mu_);
-  for (auto& [origin, p] : pools_)
-    p->shutdown();
+  for (auto& [origin, entry] : pools_)
+    entry.pool->shutdown();
 }
 
 }  // namespace upkeep

@@ -64,6 +64,11 @@ class ConnectionPool : public std::enable_shared_from_this<ConnectionPool> {
                std::optional<std::chrono::steady_clock::duration> idle_hint = std::nullopt);
 
   void shutdown();
+  // Reload: the origin is now reached differently. Its connections take no new
+  // exchanges and close as their current ones end; queued waiters are still served.
+  void retire();
+  // Reload: same origin, new limits/timeouts for later decisions; warm connections stay.
+  void update(const UpstreamSettings& settings, std::shared_ptr<const Router> router);
   const Origin& origin() const noexcept { return origin_; }
 
  private:
@@ -98,18 +103,34 @@ class ConnectionPool : public std::enable_shared_from_this<ConnectionPool> {
   std::optional<std::chrono::steady_clock::time_point> timer_at_;
 };
 
+// What a request looked like that led to a pool, so a reload can route it again
+// and tell whether the pool still stands for the same origin and settings.
+struct RouteProbe {
+  std::string target;  // absolute-form URL with path "/", or "/" for origin-form
+  std::string host;    // the Host header
+};
+
 // Every pool of the process, by origin. get() is called once per exchange.
 class PoolRegistry {
  public:
   explicit PoolRegistry(asio::io_context& ioc) : ioc_(ioc) {}
   std::shared_ptr<ConnectionPool> get(const Origin& origin, const UpstreamSettings& settings,
-                                      const std::shared_ptr<const Router>& router);
+                                      const std::shared_ptr<const Router>& router,
+                                      std::string_view target, std::string_view host);
+  // After a reload: pools whose origin now routes differently retire; pools whose
+  // settings changed take the new ones; the rest keep their warm connections.
+  void reconfigure(const std::shared_ptr<const Router>& router);
   void shutdown_all();
 
  private:
+  struct Entry {
+    std::shared_ptr<ConnectionPool> pool;
+    RouteProbe probe;
+    UpstreamSettings settings;
+  };
   asio::io_context& ioc_;
   std::mutex mu_;
-  std::unordered_map<Origin, std::shared_ptr<ConnectionPool>, OriginHash> pools_;
+  std::unordered_map<Origin, Entry, OriginHash> pools_;
 };
 
 }  // namespace upkeep

@@ -22,6 +22,8 @@ std::string_view to_string(CloseReason r) noexcept {
       return "drain_limit";
     case CloseReason::client_abort:
       return "client_abort";
+    case CloseReason::config_changed:
+      return "config_changed";
     case CloseReason::error:
       return "error";
     case CloseReason::shutdown:

@@ -71,8 +71,9 @@ enum class CloseReason {
   client_abort,
   error,
   shutdown,
+  config_changed,  // a reload changed how this origin is reached; retired gracefully
 };
-inline constexpr std::size_t kCloseReasonCount = 9;
+inline constexpr std::size_t kCloseReasonCount = 10;
 std::string_view to_string(CloseReason r) noexcept;
 
 enum class FailReason { queue_full, queue_timeout, connect_failed, shutdown };

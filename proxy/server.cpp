@@ -30,11 +30,18 @@ namespace {
 constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
 using tcp = asio::ip::tcp;
 
-tcp::endpoint resolve_listen(asio::io_context& ioc, const HostPort& hp) {
+// Throws on failure (the caller decides whether that is fatal or a failed reload).
+std::shared_ptr<tcp::acceptor> open_listener(asio::io_context& ioc, const HostPort& hp) {
   tcp::resolver r(ioc);
   auto results = r.resolve(hp.host, std::to_string(hp.port),
                            tcp::resolver::passive | tcp::resolver::numeric_service);
-  return results.begin()->endpoint();
+  auto ep = results.begin()->endpoint();
+  auto acceptor = std::make_shared<tcp::acceptor>(ioc.get_executor());
+  acceptor->open(ep.protocol());
+  acceptor->set_option(tcp::acceptor::reuse_address(true));
+  acceptor->bind(ep);
+  acceptor->listen(asio::socket_base::max_listen_connections);
+  return acceptor;
 }
 
 std::string endpoint_text(const tcp::endpoint& ep) {
@@ -49,11 +56,12 @@ std::shared_ptr<const Snapshot> make_snapshot(const Config& cfg) {
   return snap;
 }
 
-asio::awaitable<void> accept_loop(tcp::acceptor& acceptor, std::shared_ptr<Runtime> rt) {
+asio::awaitable<void> accept_loop(std::shared_ptr<tcp::acceptor> acceptor,
+                                  std::shared_ptr<Runtime> rt) {
   for (;;) {
-    auto [ec, socket] = co_await acceptor.async_accept(asio::make_strand(rt->ioc), use_tuple);
+    auto [ec, socket] = co_await acceptor->async_accept(asio::make_strand(rt->ioc), use_tuple);
     if (ec) {
-      if (ec == asio::error::operation_aborted || !acceptor.is_open()) co_return;
+      if (ec == asio::error::operation_aborted || !acceptor->is_open()) co_return;
       // EMFILE and friends: back off briefly instead of spinning on the error.
       log::warn("accept failed", {{"error", ec.message()}});
       asio::steady_timer t(rt->ioc, std::chrono::milliseconds(50));
@@ -121,35 +129,77 @@ int run_server(Config cfg, const std::string& config_path, const Overrides& over
     return 1;
   }
 
-  tcp::acceptor acceptor(ioc);
-  std::optional<tcp::acceptor> admin;
+  // Listeners, signals and reloads share one strand: acceptors are swapped and
+  // closed only there, never while another thread is inside one of them.
+  auto control = asio::make_strand(ioc);
+  std::shared_ptr<tcp::acceptor> proxy_acceptor;
+  std::shared_ptr<tcp::acceptor> admin_acceptor;
   try {
-    auto ep = resolve_listen(ioc, cfg.listen);
-    acceptor.open(ep.protocol());
-    acceptor.set_option(tcp::acceptor::reuse_address(true));
-    acceptor.bind(ep);
-    acceptor.listen(asio::socket_base::max_listen_connections);
-    if (cfg.admin) {
-      auto aep = resolve_listen(ioc, *cfg.admin);
-      admin.emplace(ioc);
-      admin->open(aep.protocol());
-      admin->set_option(tcp::acceptor::reuse_address(true));
-      admin->bind(aep);
-      admin->listen();
-    }
+    proxy_acceptor = open_listener(ioc, cfg.listen);
+    if (cfg.admin) admin_acceptor = open_listener(ioc, *cfg.admin);
   } catch (const std::exception& e) {
     log::error("cannot listen", {{"error", "\"" + std::string(e.what()) + "\""}});
     return 1;
   }
-  const std::string proxy_addr = endpoint_text(acceptor.local_endpoint());
-  const std::string admin_addr = admin ? endpoint_text(admin->local_endpoint()) : "-";
+  auto proxy_text = [&]() { return endpoint_text(proxy_acceptor->local_endpoint()); };
+  auto admin_text = [&]() {
+    return admin_acceptor ? endpoint_text(admin_acceptor->local_endpoint()) : std::string("-");
+  };
 
-  asio::co_spawn(ioc, accept_loop(acceptor, rt), asio::detached);
-  if (admin) asio::co_spawn(ioc, run_admin(*admin, rt), asio::detached);
+  asio::co_spawn(control, accept_loop(proxy_acceptor, rt), asio::detached);
+  if (admin_acceptor) asio::co_spawn(control, run_admin(admin_acceptor, rt), asio::detached);
+
+  // SIGHUP: everything is prepared first (parse, snapshot, new listeners) and only
+  // then swapped in, so a failure anywhere keeps the running configuration whole.
+  // Established clients are never touched; a changed listener is opened before the
+  // old one closes.
+  auto reload = [&]() {
+    if (config_path.empty()) {
+      log::warn("SIGHUP: no config file to reload (running the embedded default)");
+      return;
+    }
+    sd_notify_state("RELOADING=1");
+    try {
+      Config next = load_config_file(config_path);
+      apply_overrides(next, overrides);
+      auto snap = make_snapshot(next);
+      std::shared_ptr<tcp::acceptor> next_proxy;
+      std::shared_ptr<tcp::acceptor> next_admin;
+      const bool admin_changed = next.admin != cfg.admin;
+      if (next.listen != cfg.listen) next_proxy = open_listener(ioc, next.listen);
+      if (admin_changed && next.admin) next_admin = open_listener(ioc, *next.admin);
+      if (next.workers != cfg.workers) {
+        log::warn("reload: a new workers count takes effect on restart");
+      }
+      error_code ignored;
+      if (next_proxy) {
+        proxy_acceptor->close(ignored);
+        proxy_acceptor = next_proxy;
+        asio::co_spawn(control, accept_loop(proxy_acceptor, rt), asio::detached);
+      }
+      if (admin_changed) {
+        if (admin_acceptor) admin_acceptor->close(ignored);
+        admin_acceptor = next_admin;
+        if (admin_acceptor) asio::co_spawn(control, run_admin(admin_acceptor, rt), asio::detached);
+      }
+      rt->snapshot.store(snap);
+      rt->pools.reconfigure(snap->router);
+      log::configure(next.log);
+      const unsigned keep_workers = cfg.workers;
+      cfg = std::move(next);
+      cfg.workers = keep_workers;
+      log::info("configuration reloaded",
+                {{"file", config_path}, {"proxy", proxy_text()}, {"admin", admin_text()}});
+    } catch (const std::exception& e) {
+      log::error("reload failed; keeping the running configuration",
+                 {{"error", "\"" + std::string(e.what()) + "\""}});
+    }
+    sd_notify_state("READY=1");
+  };
 
   // Signals: TERM/INT drain (a second one exits at once), HUP reloads.
-  asio::signal_set signals(ioc, SIGTERM, SIGINT, SIGHUP);
-  asio::steady_timer drain_timer(ioc);
+  asio::signal_set signals(control, SIGTERM, SIGINT, SIGHUP);
+  asio::steady_timer drain_timer(control);
   int stop_signals = 0;
   std::function<void()> wait_signal;
   std::chrono::steady_clock::time_point drain_deadline;
@@ -169,26 +219,7 @@ int run_server(Config cfg, const std::string& config_path, const Overrides& over
     signals.async_wait([&](error_code ec, int sig) {
       if (ec) return;
       if (sig == SIGHUP) {
-        if (config_path.empty()) {
-          log::warn("SIGHUP: no config file to reload (running the embedded default)");
-        } else {
-          sd_notify_state("RELOADING=1");
-          try {
-            Config next = load_config_file(config_path);
-            apply_overrides(next, overrides);
-            if (next.listen != cfg.listen || next.admin != cfg.admin ||
-                next.workers != cfg.workers) {
-              log::warn("reload: listen, admin and workers changes take effect on restart");
-            }
-            rt->snapshot.store(make_snapshot(next));
-            log::configure(next.log);
-            log::info("configuration reloaded", {{"file", config_path}});
-          } catch (const std::exception& e) {
-            log::error("reload failed; keeping the running configuration",
-                       {{"error", "\"" + std::string(e.what()) + "\""}});
-          }
-          sd_notify_state("READY=1");
-        }
+        reload();
         wait_signal();
         return;
       }
@@ -202,7 +233,7 @@ int run_server(Config cfg, const std::string& config_path, const Overrides& over
       sd_notify_state("STOPPING=1");
       rt->draining.store(true);
       error_code ignored;
-      acceptor.close(ignored);
+      proxy_acceptor->close(ignored);
       rt->run_drain_hooks();
       drain_deadline = std::chrono::steady_clock::now() + cfg.shutdown_grace;
       check_drained();
@@ -211,8 +242,8 @@ int run_server(Config cfg, const std::string& config_path, const Overrides& over
   };
   wait_signal();
 
-  log::info("listening", {{"proxy", proxy_addr},
-                          {"admin", admin_addr},
+  log::info("listening", {{"proxy", proxy_text()},
+                          {"admin", admin_text()},
                           {"workers", std::to_string(workers)},
                           {"config", cfg.source.empty() ? "<default>" : cfg.source}});
   sd_notify_state("READY=1\nMAINPID=" + std::to_string(::getpid()));
@@ -223,9 +254,9 @@ int run_server(Config cfg, const std::string& config_path, const Overrides& over
   ioc.run();
   for (auto& t : threads)
     t.join();
-  if (admin) {
+  if (admin_acceptor) {
     error_code ignored;
-    admin->close(ignored);
+    admin_acceptor->close(ignored);
   }
   log::info("stopped");
   return 0;

@@ -83,6 +83,47 @@ class LifecycleTest(UpkeepTestCase):
         self.assertEqual(self.fetch(up, "GET", "http://other.origin.test/ok").status, 200)
         self.assertEqual(self.fetch(up, "GET", "http://fault.origin.test/ok").status, 200)
 
+    def test_sighup_rebinds_listener_and_retires_only_changed_origins(self):
+        b_old, b_new = self.start_fault(), self.start_fault()
+        up = self.start_upkeep({"routes": [self.route("a.origin.test", self.origin.port),
+                                           self.route("b.origin.test", b_old.port)]})
+        old_port = up.port
+        keep = Conn(old_port)
+        self.addCleanup(keep.close)
+        keep.request("GET", "http://a.origin.test/ok?size=10")
+        self.assertEqual(keep.read_response().status, 200)
+        self.assertEqual(self.fetch(up, "GET", "http://b.origin.test/ok").status, 200)
+        self.assertEqual(self.origin.connections_total, 1)
+        self.assertEqual(b_old.connections_total, 1)
+
+        new_port = closed_port()
+        cfg = proxy.merge(up.config, {"listen": "127.0.0.1:%d" % new_port,
+                                      "routes": [self.route("a.origin.test", self.origin.port),
+                                                 self.route("b.origin.test", b_new.port)]})
+        with open(up.config_path, "w") as f:
+            f.write(proxy.to_yaml(cfg))
+        before = len(up.stderr_text())
+        up.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "configuration reloaded" in up.stderr_text()[before:], 10,
+                   message="reload logged")
+        self.assertIn("proxy=127.0.0.1:%d" % new_port, up.stderr_text()[before:])
+
+        # The established client keeps its connection, and the unchanged origin its
+        # warm upstream connection.
+        keep.request("GET", "http://a.origin.test/ok?size=10")
+        self.assertEqual(keep.read_response().status, 200)
+        self.assertEqual(self.origin.connections_total, 1, "unchanged origin was reconnected")
+        # New clients use the new listener; the old one is closed.
+        up.port = new_port
+        self.assertEqual(self.fetch(up, "GET", "http://b.origin.test/ok").status, 200)
+        self.assertEqual(len(b_new.requests_for("/ok")), 1, "changed route not followed")
+        with self.assertRaises(OSError):
+            socket.create_connection(("127.0.0.1", old_port), timeout=2).close()
+        # The changed origin's idle connection is retired, and counted as such.
+        up.wait_metric("upkeep_upstream_connections_closed_total", lambda v: v == 1,
+                       origin="https://b.origin.test:443", reason="config_changed")
+        wait_until(lambda: b_old.connections_open == 0, 10, message="old origin connection closed")
+
     def test_healthcheck_command(self):
         up = self.start_upkeep({"routes": [self.route("fault.origin.test", self.origin.port)]})
         bin_ = os.environ["UPKEEP_BIN"]
