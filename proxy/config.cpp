@@ -213,7 +213,9 @@ Cidr parse_cidr(const std::string& text) {
   return c;
 }
 
-const char* level_name(LogLevel l) {
+}  // namespace
+
+const char* level_name(LogLevel l) noexcept {
   switch (l) {
     case LogLevel::debug:
       return "debug";
@@ -226,6 +228,8 @@ const char* level_name(LogLevel l) {
   }
   return "info";
 }
+
+namespace {
 
 const char* format_name(LogFormat f) {
   return f == LogFormat::json ? "json" : "text";

@@ -89,6 +89,8 @@ struct AccessSettings {
 enum class LogFormat { text, json };
 enum class LogLevel { debug, info, warn, error };
 
+const char* level_name(LogLevel l) noexcept;  // "debug", "info", "warn", "error"
+
 struct LogSettings {
   LogLevel level = LogLevel::info;
   LogFormat format = LogFormat::text;

@@ -1,5 +1,7 @@
 #include "http_rules.hpp"
 
+#include "text.hpp"
+
 #include <algorithm>
 #include <array>
 #include <cstdint>
@@ -9,16 +11,6 @@
 namespace upkeep {
 
 namespace {
-
-char ascii_lower(char c) noexcept {
-  return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
-}
-
-bool iequals(std::string_view a, std::string_view b) noexcept {
-  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-           return ascii_lower(x) == ascii_lower(y);
-         });
-}
 
 bool is_ows(char c) noexcept {
   return c == ' ' || c == '\t';
@@ -205,7 +197,29 @@ errc check_request_framing(const http::request_header<>& req) {
 bool has_own_via(const http::fields& f) {
   bool found = false;
   for (const auto& fld : values_of(f, http::field::via)) {
-    for_each_list_element(sv(fld.value()), [&found](std::string_view entry) {
+    auto value = sv(fld.value());
+    // An unclosed comment would hide every later entry from a comment-aware split
+    // (and our own appended entry from the next upkeep): split on every comma then.
+    int depth = 0;
+    for (char c : value)
+      depth += c == '(' ? 1 : (c == ')' && depth > 0 ? -1 : 0);
+    if (depth != 0) {
+      std::size_t start = 0;
+      while (start <= value.size()) {
+        auto comma = value.find(',', start);
+        auto entry =
+            trim_ows(value.substr(start, comma == value.npos ? value.npos : comma - start));
+        auto sp = entry.find_first_of(" \t");
+        if (sp != std::string_view::npos) {
+          auto rest = trim_ows(entry.substr(sp));
+          if (iequals(rest.substr(0, rest.find_first_of(" \t(")), kViaToken)) found = true;
+        }
+        if (comma == value.npos) break;
+        start = comma + 1;
+      }
+      continue;
+    }
+    for_each_list_element(value, [&found](std::string_view entry) {
       // entry = received-protocol RWS received-by [ RWS comment ]
       auto sp = entry.find_first_of(" \t");
       if (sp == std::string_view::npos) return;

@@ -18,20 +18,6 @@ std::atomic<LogFormat> g_format{LogFormat::text};
 std::atomic<bool> g_access{true};
 const bool g_journald = std::getenv("JOURNAL_STREAM") != nullptr;
 
-std::string_view level_name(LogLevel l) {
-  switch (l) {
-    case LogLevel::debug:
-      return "debug";
-    case LogLevel::info:
-      return "info";
-    case LogLevel::warn:
-      return "warn";
-    case LogLevel::error:
-      return "error";
-  }
-  return "info";
-}
-
 void write_all(int fd, const std::string& s) {
   const char* p = s.data();
   std::size_t left = s.size();
@@ -55,6 +41,9 @@ bool enabled(LogLevel level) noexcept {
   return static_cast<int>(level) >= g_level.load(std::memory_order_relaxed);
 }
 
+bool under_journald() noexcept {
+  return g_journald;
+}
 LogFormat format() noexcept {
   return g_format.load(std::memory_order_relaxed);
 }

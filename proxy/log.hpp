@@ -14,6 +14,8 @@ void configure(const LogSettings& s);
 bool enabled(LogLevel level) noexcept;
 // Read on every line from any worker; reload may change them, hence atomics.
 LogFormat format() noexcept;
+// stderr and stdout go to journald, which stamps each line itself.
+bool under_journald() noexcept;
 bool access_log_enabled() noexcept;
 
 // msg is a short human sentence; fields are pre-rendered "key=value" pairs (text)

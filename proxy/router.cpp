@@ -1,5 +1,7 @@
 #include "router.hpp"
 
+#include "text.hpp"
+
 #include <arpa/inet.h>
 
 #include <algorithm>
@@ -10,16 +12,6 @@
 namespace upkeep {
 
 namespace {
-
-char ascii_lower(char c) noexcept {
-  return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
-}
-
-bool iequals(std::string_view a, std::string_view b) noexcept {
-  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-           return ascii_lower(x) == ascii_lower(y);
-         });
-}
 
 bool istarts_with(std::string_view s, std::string_view prefix) noexcept {
   return s.size() >= prefix.size() && iequals(s.substr(0, prefix.size()), prefix);
@@ -41,11 +33,12 @@ bool is_hex(char c) noexcept {
   return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
 }
 
-// Bytes that may never appear in a request target: they would let a request be
-// re-framed by the next hop (RFC 9112 §3.2 has no whitespace in targets).
+// Bytes that may never appear in a request target: whitespace and controls would
+// let the next hop re-frame the request (RFC 9112 §3.2), and raw non-ASCII is not
+// a URI character at all (RFC 3986 §2: it must be percent-encoded).
 bool is_ctl_or_space(char c) noexcept {
   auto u = static_cast<unsigned char>(c);
-  return u <= 0x20 || u == 0x7f;
+  return u <= 0x20 || u >= 0x7f;
 }
 
 struct Authority {

@@ -45,15 +45,6 @@ asio::awaitable<void> pump(tcp::socket& from, tcp::socket& to, uint64_t& counter
   }
 }
 
-std::vector<uint8_t> address_bytes(const asio::ip::address& a) {
-  if (a.is_v4()) {
-    auto b = a.to_v4().to_bytes();
-    return {b.begin(), b.end()};
-  }
-  auto b = a.to_v6().to_bytes();
-  return {b.begin(), b.end()};
-}
-
 }  // namespace
 
 asio::awaitable<errc> run_tunnel(beast::tcp_stream& client, beast::flat_buffer& pending,

@@ -16,15 +16,6 @@ namespace {
 constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
 using tcp = asio::ip::tcp;
 
-std::vector<uint8_t> address_bytes(const asio::ip::address& a) {
-  if (a.is_v4()) {
-    auto b = a.to_v4().to_bytes();
-    return {b.begin(), b.end()};
-  }
-  auto b = a.to_v6().to_bytes();
-  return {b.begin(), b.end()};
-}
-
 // h2 is spoken from the HTTP/2 issue on; until then only http/1.1 is offered.
 std::vector<std::string> offered_protocols(const std::vector<std::string>& configured) {
   std::vector<std::string> out;
@@ -36,6 +27,15 @@ std::vector<std::string> offered_protocols(const std::vector<std::string>& confi
 }
 
 }  // namespace
+
+std::vector<uint8_t> address_bytes(const asio::ip::address& a) {
+  if (a.is_v4()) {
+    auto b = a.to_v4().to_bytes();
+    return {b.begin(), b.end()};
+  }
+  auto b = a.to_v6().to_bytes();
+  return {b.begin(), b.end()};
+}
 
 asio::awaitable<ConnectOutcome> connect_upstream(asio::any_io_executor ex, const Origin& origin,
                                                  const UpstreamSettings& settings,

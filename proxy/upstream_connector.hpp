@@ -4,6 +4,9 @@
 
 #include <memory>
 #include <string>
+#include <vector>
+
+#include <boost/asio/ip/address.hpp>
 
 #include "error.hpp"
 #include "origin.hpp"
@@ -17,6 +20,9 @@ struct ConnectOutcome {
   std::string detail;  // for the log: the OS or TLS reason
   std::shared_ptr<UpstreamConn> conn;
 };
+
+// An address as Router::address_denied takes it (4 or 16 bytes, network order).
+std::vector<uint8_t> address_bytes(const asio::ip::address& a);
 
 // deny: access.deny_networks is applied to every resolved address (and connect_to).
 asio::awaitable<ConnectOutcome> connect_upstream(asio::any_io_executor ex, const Origin& origin,
