@@ -187,8 +187,9 @@ asio::awaitable<bool> ClientSession::handle(RequestParser& parser, const Snapsho
   if (req.method() == http::verb::connect) {
     auto routed = snap.router->route_connect(req.target());
     if (auto* err = std::get_if<errc>(&routed)) {
-      co_await send_error(*err, version, body_pending, e);
-      co_return !body_pending && req.keep_alive();
+      const bool close = body_pending || *err == errc::bad_request;
+      co_await send_error(*err, version, close, e);
+      co_return !close && req.keep_alive();
     }
     e.protocol = "tunnel";
     e.origin = std::get<HostPort>(routed).to_string();
@@ -207,8 +208,11 @@ asio::awaitable<bool> ClientSession::handle(RequestParser& parser, const Snapsho
   auto it_host = req.find(http::field::host);
   auto routed = snap.router->route(req.target(), it_host == req.end() ? "" : it_host->value());
   if (auto* err = std::get_if<errc>(&routed)) {
-    co_await send_error(*err, version, body_pending, e);
-    co_return !body_pending && req.keep_alive();
+    // A 400 always closes (SPEC.md): after a malformed request nothing that follows
+    // on the connection can be trusted to be framed as the client meant.
+    const bool close = body_pending || *err == errc::bad_request;
+    co_await send_error(*err, version, close, e);
+    co_return !close && req.keep_alive();
   }
   co_return co_await exchange(parser, snap, std::get<RouteDecision>(routed), e);
 }
@@ -346,35 +350,33 @@ asio::awaitable<bool> ClientSession::exchange(RequestParser& parser, const Snaps
     }
     down.body().data = nullptr;
     down.body().more = true;
-    {
-      auto [wec, wn] = co_await http::async_write_header(stream_, sr, use_tuple);
-      if (wec) {
-        stream_.expires_never();
-        e.error = "client_closed";
-        write_access_log(e);
-        co_await drain(pool, conn, s);
-        co_return false;
+    // The head goes out on its own first, so a slow or streamed body (long poll,
+    // server-sent events) does not hold it back.
+    for (bool head_only = true;; head_only = false) {
+      std::size_t n = 0;
+      bool last = false;
+      if (!head_only) {
+        auto [rec, got] = co_await conn->read_body(body_buf(), kBodyChunk);
+        if (rec) {
+          // The response is cut short upstream; the client can only learn it from the
+          // connection closing before the framing completes.
+          stream_.expires_never();
+          pool->release(conn, false, pool::CloseReason::error);
+          e.error = "upstream_closed";
+          write_access_log(e);
+          co_return false;
+        }
+        n = got;
+        last = conn->response_done();
+        // An empty buffer must be passed as null: Beast would emit a zero-size chunk,
+        // which is the chunked terminator, and then terminate the body again.
+        down.body().data = n ? body_buf() : nullptr;
+        down.body().size = n;
+        down.body().more = !last;
       }
-    }
-    for (;;) {
-      auto [rec, n] = co_await conn->read_body(body_buf(), kBodyChunk);
-      if (rec) {
-        // The response is cut short upstream; the client can only learn it from the
-        // connection closing before the framing completes.
-        stream_.expires_never();
-        pool->release(conn, false, pool::CloseReason::error);
-        e.error = "upstream_closed";
-        write_access_log(e);
-        co_return false;
-      }
-      const bool last = conn->response_done();
-      // An empty buffer must be passed as null: Beast would emit a zero-size chunk,
-      // which is the chunked terminator, and then terminate the body again.
-      down.body().data = n ? body_buf() : nullptr;
-      down.body().size = n;
-      down.body().more = !last;
       stream_.expires_after(snap.router->config().limits.client_idle_timeout);
-      auto [wec, wn] = co_await http::async_write(stream_, sr, use_tuple);
+      auto [wec, wn] = head_only ? co_await http::async_write_header(stream_, sr, use_tuple)
+                                 : co_await http::async_write(stream_, sr, use_tuple);
       if (wec == http::error::need_buffer) wec = {};
       if (wec) {
         stream_.expires_never();
