@@ -64,8 +64,11 @@ void write_access_log(const AccessEntry& e) {
     str("error", e.error.empty() ? "-" : e.error);
     line += "}\n";
   } else {
-    line += log::now_rfc3339();
-    line += " access";
+    if (!log::under_journald()) {
+      line += log::now_rfc3339();
+      line += ' ';
+    }
+    line += "access";
     text_field(line, "client", e.client);
     text_field(line, "method", e.method);
     text_field(line, "url", e.url);

@@ -182,6 +182,12 @@ TEST_CASE("has_own_via: pseudonym match only") {
   CHECK_FALSE(via({"1.1 upkeep.example.com"}));
   CHECK_FALSE(via({"1.1 upkeep:3128"}));
 
+  // An unclosed comment must not hide a later entry (found by fuzz_request: the loop
+  // check was bypassed and our own appended entry hidden from the next upkeep).
+  CHECK(via({"1.0 x((c, d), 1.0 upkeep"}));
+  CHECK(via({"1.0 fred (, 1.1 upkeep"}));
+  CHECK(via({"1.0 fred (, 1.1 upkeep", "1.1 other"}));
+
   http::fields f;
   f.set("X-Forwarded-Via", "1.1 upkeep");
   CHECK_FALSE(has_own_via(f));

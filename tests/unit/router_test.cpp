@@ -174,6 +174,10 @@ TEST_CASE("absolute-form rejections") {
   }
   // A NUL byte inside the target (not expressible via const char*).
   CHECK(err(r.route(std::string_view("http://example.com/a\0b", 22), "")) == errc::bad_request);
+  // Raw non-ASCII is not a URI character; it must arrive percent-encoded.
+  CHECK(err(r.route("http://example.com/ok\xff", "")) == errc::bad_request);
+  CHECK(err(r.route("/caf\xc3\xa9", "example.com")) == errc::bad_request);
+  CHECK(std::holds_alternative<RouteDecision>(r.route("/caf%C3%A9", "example.com")));
 }
 
 TEST_CASE("origin-form takes the origin from Host") {
