@@ -137,6 +137,9 @@ class Upkeep:
         if not self.bin:
             raise RuntimeError("UPKEEP_BIN is not set")
         base = {"listen": "127.0.0.1:0", "admin": "127.0.0.1:0", "shutdown_grace": "2s"}
+        # The ThreadSanitizer suite runs every test with several event-loop threads.
+        if os.environ.get("UPKEEP_TEST_WORKERS"):
+            base["workers"] = int(os.environ["UPKEEP_TEST_WORKERS"])
         if ca_file:
             base["upstream"] = {"ca_file": certs.get().ca_cert}
         self.config = merge(base, config or {})
