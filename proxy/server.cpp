@@ -6,6 +6,7 @@
 
 #include <cerrno>
 #include <csignal>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -78,6 +79,19 @@ asio::awaitable<void> accept_loop(std::shared_ptr<tcp::acceptor> acceptor,
     rt->client_connections.fetch_add(1);
     start_client_session(std::move(socket), rt);
   }
+}
+
+// $WATCHDOG_USEC, when systemd set it for this process ($WATCHDOG_PID, if present).
+std::optional<std::chrono::microseconds> watchdog_interval() {
+  const char* usec = std::getenv("WATCHDOG_USEC");
+  if (!usec || !*usec) return std::nullopt;
+  if (const char* pid = std::getenv("WATCHDOG_PID"); pid && *pid) {
+    if (std::strtol(pid, nullptr, 10) != ::getpid()) return std::nullopt;
+  }
+  char* end = nullptr;
+  unsigned long long v = std::strtoull(usec, &end, 10);
+  if (*end != '\0' || v == 0) return std::nullopt;
+  return std::chrono::microseconds(v);
 }
 
 }  // namespace
@@ -241,6 +255,21 @@ int run_server(Config cfg, const std::string& config_path, const Overrides& over
     });
   };
   wait_signal();
+
+  // systemd watchdog: ping at half the interval from the control strand, so a
+  // wedged event loop stops the pings and systemd restarts us.
+  asio::steady_timer watchdog(control);
+  std::function<void()> ping_watchdog;
+  if (auto interval = watchdog_interval()) {
+    ping_watchdog = [&, half = *interval / 2]() {
+      sd_notify_state("WATCHDOG=1");
+      watchdog.expires_after(half);
+      watchdog.async_wait([&](error_code ec) {
+        if (!ec) ping_watchdog();
+      });
+    };
+    asio::post(control, ping_watchdog);
+  }
 
   log::info("listening", {{"proxy", proxy_text()},
                           {"admin", admin_text()},

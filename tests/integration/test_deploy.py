@@ -169,6 +169,14 @@ class SystemdUnitTest(UpkeepTestCase):
         self.assertEqual(ns.next().get("STOPPING"), "1", ns.messages)
         self.assertEqual(up.proc.wait(15), 0)
 
+    def test_watchdog_pings(self):
+        # WATCHDOG_USEC=200ms: systemd expects WATCHDOG=1 at least that often.
+        ns, up, origin = self.start_notified({"WATCHDOG_USEC": "200000"})
+        msgs = [ns.next(timeout=5) for _ in range(6)]
+        self.assertTrue(any(m.get("READY") == "1" for m in msgs), msgs)
+        self.assertGreaterEqual(sum(1 for m in msgs if m.get("WATCHDOG") == "1"), 4, msgs)
+        self.assertEqual(self.fetch(up, "GET", "http://fault.origin.test/ok").status, 200)
+
     # -- journald --------------------------------------------------------------------
     def diagnostic_lines(self, env, config=None):
         up = proxy.Upkeep(config, start=False)
