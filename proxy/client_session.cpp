@@ -236,8 +236,8 @@ asio::awaitable<bool> ClientSession::exchange(RequestParser& parser, const Snaps
   if (has_body && parser.chunked()) up.set(http::field::transfer_encoding, "chunked");
 
   auto pool = rt_->pools.get(d.origin, s, snap.router, req.target(), req[http::field::host]);
-  auto& om = metrics::Registry::get().origin(d.origin.label());
-  e.origin = d.origin.label();
+  auto& om = pool->metrics();
+  e.origin = om.label;
   bool fresh_only = false;
 
   for (;;) {

@@ -70,6 +70,7 @@ class ConnectionPool : public std::enable_shared_from_this<ConnectionPool> {
   // Reload: same origin, new limits/timeouts for later decisions; warm connections stay.
   void update(const UpstreamSettings& settings, std::shared_ptr<const Router> router);
   const Origin& origin() const noexcept { return origin_; }
+  metrics::OriginMetrics& metrics() noexcept { return m_; }
 
  private:
   struct Waiter {

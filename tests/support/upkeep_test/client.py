@@ -59,8 +59,17 @@ def chunked(data, size=1000):
 class Conn:
     """One client TCP connection to the proxy, with a read buffer."""
 
-    def __init__(self, port, timeout=15.0, host="127.0.0.1"):
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(self, port, timeout=15.0, host="127.0.0.1", rcvbuf=None):
+        """rcvbuf: a small receive buffer (set before connecting, so the window stays
+        small) makes the sender block instead of parking a whole body in the kernel;
+        tests of "the client stopped reading" need that to be deterministic."""
+        if rcvbuf is None:
+            self.sock = socket.create_connection((host, port), timeout=timeout)
+        else:
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            self.sock.settimeout(timeout)
+            self.sock.connect((host, port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = bytearray()
         self.eof = False
