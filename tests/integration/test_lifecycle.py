@@ -45,6 +45,25 @@ class LifecycleTest(UpkeepTestCase):
         with self.assertRaises(OSError):
             socket.create_connection(("127.0.0.1", up.port), timeout=2).close()
 
+    def test_second_signal_exits_at_once(self):
+        up = proxy.Upkeep({"shutdown_grace": "30s",
+                           "routes": [self.route("fault.origin.test", self.origin.port)]})
+        self.addCleanup(up.stop)
+        with Conn(up.port, timeout=20) as c:
+            c.request("GET", "http://fault.origin.test/delay-headers?ms=20000&size=10")
+            wait_until(lambda: self.origin.requests_for("/delay-headers"), 10, message="request at the origin")
+            up.proc.send_signal(signal.SIGTERM)
+            wait_until(lambda: "shutting down" in up.stderr_text(), 5, message="drain started")
+            self.assertIsNone(up.proc.poll(), "the first signal must wait for the in-flight request")
+            t = time.monotonic()
+            up.proc.send_signal(signal.SIGINT)
+            try:
+                code = up.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.fail("a second signal did not end upkeep at once")
+            self.assertLess(time.monotonic() - t, 5)
+            self.assertEqual(code, 0)
+
     def test_sigterm_idle_exits_quickly(self):
         up = proxy.Upkeep({"shutdown_grace": "10s",
                            "routes": [self.route("fault.origin.test", self.origin.port)]})
