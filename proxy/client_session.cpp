@@ -257,7 +257,8 @@ asio::awaitable<bool> ClientSession::exchange(RequestParser& parser, const Snaps
     http::request_header<> copy = up;
     error_code ec = co_await conn->write_header(std::move(copy), has_body);
     bool body_sent = !has_body;
-    if (!ec && has_body && !expect_continue) {
+    // Sends the request body; false when the exchange is over (already answered).
+    auto send_body = [&]() -> asio::awaitable<bool> {
       auto r = co_await relay_request_body(parser, *conn);
       if (r == BodyResult::client_failed || r == BodyResult::client_malformed) {
         // HTTP/1.1 cannot abandon a request mid-body: the connection must go.
@@ -272,6 +273,14 @@ asio::awaitable<bool> ClientSession::exchange(RequestParser& parser, const Snaps
       }
       if (r == BodyResult::upstream_failed) ec = asio::error::broken_pipe;
       body_sent = true;
+      co_return true;
+    };
+    // With Expect: 100-continue the body waits for the origin's 100, but only a
+    // second (as curl does, RFC 9110 §10.1.1): an origin that ignores Expect would
+    // otherwise wait for a body we hold back until response_timeout.
+    if (!ec && has_body &&
+        (!expect_continue || !co_await conn->wait_response(std::chrono::seconds(1)))) {
+      if (!co_await send_body()) co_return false;
     }
 
     // Response head, relaying 1xx (RFC 9110 §15.2) and sending an expected body after 100.
@@ -285,19 +294,7 @@ asio::awaitable<bool> ClientSession::exchange(RequestParser& parser, const Snaps
         pool->release(conn, false, pool::CloseReason::client_abort);
         co_return false;
       }
-      if (status == 100 && !body_sent) {
-        auto r = co_await relay_request_body(parser, *conn);
-        if (r == BodyResult::client_failed || r == BodyResult::client_malformed) {
-          pool->release(conn, false, pool::CloseReason::client_abort);
-          if (r == BodyResult::client_malformed) {
-            co_await send_error(errc::bad_request, version, true, e,
-                                "invalid request body framing");
-          }
-          co_return false;
-        }
-        if (r == BodyResult::upstream_failed) ec = asio::error::broken_pipe;
-        body_sent = true;
-      }
+      if (status == 100 && !body_sent && !co_await send_body()) co_return false;
     }
     if (!ec && !body_sent) request_abandoned = true;
 

@@ -1,6 +1,8 @@
 #include "upstream_h1.hpp"
 
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/http/read.hpp>
 #include <boost/beast/http/write.hpp>
@@ -50,6 +52,32 @@ asio::awaitable<error_code> UpstreamConn::write_body(const char* data, std::size
   }
   if (last) request_done_ = true;
   co_return error_code{};
+}
+
+asio::awaitable<bool> UpstreamConn::wait_response(std::chrono::steady_clock::duration d) {
+  if (buffer_.size() > 0) co_return true;
+  // A TLS read, not a readiness wait: on a fresh connection the socket is readable
+  // with session tickets long before any response byte. On timeout the pending read
+  // is cancelled (safe for a read; the TLS engine keeps what it had) and the
+  // caller sends the body. `state` outlives this frame if the timer fires late.
+  auto state = std::make_shared<bool>(false);  // true once the read is over
+  asio::steady_timer timer(co_await asio::this_coro::executor, d);
+  timer.async_wait([this, state](error_code ec) {
+    if (!ec && !*state) {
+      *state = true;
+      error_code ignored;
+      stream_->tcp().socket().cancel(ignored);
+    }
+  });
+  auto [ec, n] = co_await stream_->async_read_some(buffer_.prepare(16 * 1024), use_tuple);
+  const bool timed_out = *state;
+  *state = true;
+  timer.cancel();
+  buffer_.commit(n);
+  if (n > 0) co_return true;
+  if (timed_out && ec == asio::error::operation_aborted) co_return false;
+  if (ec) broken_ = true;
+  co_return true;  // EOF or an error: read_header reports it
 }
 
 asio::awaitable<error_code> UpstreamConn::read_header(bool head_request,

@@ -80,6 +80,9 @@ class UpstreamConn {
   asio::awaitable<error_code> write_header(http::request_header<>&& h, bool body_follows);
   asio::awaitable<error_code> write_body(const char* data, std::size_t n, bool last);
   bool request_done() const noexcept { return request_done_; }
+  // Waits up to `d` for the first response bytes (true), or gives up (false) so an
+  // Expect: 100-continue body can be sent to an origin that never answers 100.
+  asio::awaitable<bool> wait_response(std::chrono::steady_clock::duration d);
 
   // Reads the next response head (a 1xx head too: call again for the final one).
   asio::awaitable<error_code> read_header(bool head_request,

@@ -3,6 +3,8 @@ hop-by-hop rules, admin endpoints and the access log."""
 import hashlib
 import json
 import os
+import time
+import select
 import subprocess
 import unittest
 
@@ -222,6 +224,24 @@ class BasicTest(UpkeepTestCase):
             self.assertEqual(interim.status, 100, "expected 100 Continue before the body, got %r" % interim)
             c.send(data)
             self._check_echo(c.read_response(), data)
+
+    def test_expect_100_continue_origin_ignores_expect(self):
+        # The origin never sends 100: upkeep must not hold the body back until
+        # response_timeout; like curl, it sends it after a short wait.
+        self.origin.ignore_expect = True
+        up = self.upkeep()
+        data = os.urandom(5000)
+        with Conn(up.port, timeout=10) as c:
+            t = time.monotonic()
+            c.request("POST", "http://fault.origin.test/echo",
+                      [("Expect", "100-continue"), ("Content-Length", str(len(data)))])
+            # A client that got no 100 sends its body anyway after waiting (curl: 1s).
+            ready, _, _ = select.select([c.sock], [], [], 1.0)
+            self.assertFalse(ready, "nothing can come back before the origin has the body")
+            c.send(data)
+            self._check_echo(c.read_response(), data)
+            self.assertLess(time.monotonic() - t, 8)
+        self.assertEqual(self.origin.requests_for("/echo")[0].header("expect"), ["100-continue"])
 
     # -- header rules ---------------------------------------------------------------
     def test_via_added_and_hop_by_hop_removed(self):

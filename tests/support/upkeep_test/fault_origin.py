@@ -100,6 +100,7 @@ class FaultOrigin:
         self.connections_total = 0
         self.connections_open = 0
         self.max_open = 0
+        self.ignore_expect = False  # an origin that never answers Expect: 100-continue
         self.requests = []
         self.sni_names = []
         self.peer_certs = []
@@ -343,7 +344,7 @@ class FaultOrigin:
         chunked = "chunked" in te
         length = int(cl[0]) if cl and not chunked else 0
         expects = any(v.lower() == "100-continue" for v in req.header("expect"))
-        if expects and (chunked or length > 0):
+        if expects and (chunked or length > 0) and not self.ignore_expect:
             writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             await writer.drain()
         try:
