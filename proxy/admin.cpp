@@ -72,17 +72,10 @@ asio::awaitable<void> admin_session(beast::tcp_stream stream, std::shared_ptr<Ru
 
 }  // namespace
 
-asio::awaitable<void> run_admin(std::shared_ptr<tcp::acceptor> acceptor,
-                                std::shared_ptr<Runtime> rt) {
-  for (;;) {
-    auto [ec, socket] = co_await acceptor->async_accept(asio::make_strand(rt->ioc), use_tuple);
-    if (ec) {
-      if (ec == asio::error::operation_aborted || !acceptor->is_open()) co_return;
-      continue;
-    }
-    auto ex = socket.get_executor();
-    asio::co_spawn(ex, admin_session(beast::tcp_stream(std::move(socket)), rt), asio::detached);
-  }
+void start_admin_session(tcp::socket socket, std::shared_ptr<Runtime> rt) {
+  auto ex = socket.get_executor();
+  asio::co_spawn(ex, admin_session(beast::tcp_stream(std::move(socket)), std::move(rt)),
+                 asio::detached);
 }
 
 int healthcheck(const HostPort& admin) {

@@ -9,9 +9,8 @@
 
 namespace upkeep {
 
-// Accepts on `acceptor` until it is closed.
-asio::awaitable<void> run_admin(std::shared_ptr<asio::ip::tcp::acceptor> acceptor,
-                                std::shared_ptr<Runtime> rt);
+// Serves one admin connection; the socket must be on a strand of its own.
+void start_admin_session(asio::ip::tcp::socket socket, std::shared_ptr<Runtime> rt);
 
 // `upkeep healthcheck`: GET /readyz on addr; 0 when it answers 200.
 int healthcheck(const HostPort& admin);

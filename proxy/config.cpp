@@ -1,5 +1,7 @@
 #include "config.hpp"
 
+#include "text.hpp"
+
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -30,36 +32,9 @@ constexpr uint64_t kMaxStreams = (uint64_t{1} << 30);
 // Values are echoed in messages; escaping keeps every message on one line even when
 // the offending value contains a newline or a control byte.
 std::string quote(const std::string& s) {
-  std::string out = "\"";
-  for (unsigned char ch : s) {
-    switch (ch) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      default:
-        if (ch < 0x20 || ch == 0x7f) {
-          static constexpr char hex[] = "0123456789abcdef";
-          out += "\\x";
-          out += hex[ch >> 4];
-          out += hex[ch & 0xf];
-        } else {
-          out += static_cast<char>(ch);
-        }
-    }
-  }
-  return out + "\"";
+  std::string out;
+  append_json_string(out, s);
+  return out;
 }
 
 std::string one_line(std::string s) {

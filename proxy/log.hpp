@@ -7,6 +7,7 @@
 #include <string_view>
 
 #include "config.hpp"
+#include "text.hpp"
 
 namespace upkeep::log {
 
@@ -41,8 +42,7 @@ inline void error(std::string_view m, std::initializer_list<Field> f = {}) {
 
 // RFC 3339 UTC time with milliseconds: "2026-11-23T21:48:12.123Z".
 std::string now_rfc3339();
-// Appends s to out as a JSON string literal (with quotes).
-void append_json_string(std::string& out, std::string_view s);
+using upkeep::append_json_string;
 // Writes one complete line to stdout (access log).
 void write_stdout_line(const std::string& line);
 

@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <sstream>
 #include <thread>
 
@@ -57,8 +58,11 @@ std::shared_ptr<const Snapshot> make_snapshot(const Config& cfg) {
   return snap;
 }
 
+// One accept loop for both listeners; on_accept gets each new socket, already on a
+// strand of its own.
 asio::awaitable<void> accept_loop(std::shared_ptr<tcp::acceptor> acceptor,
-                                  std::shared_ptr<Runtime> rt) {
+                                  std::shared_ptr<Runtime> rt,
+                                  std::function<void(tcp::socket)> on_accept) {
   for (;;) {
     auto [ec, socket] = co_await acceptor->async_accept(asio::make_strand(rt->ioc), use_tuple);
     if (ec) {
@@ -69,16 +73,29 @@ asio::awaitable<void> accept_loop(std::shared_ptr<tcp::acceptor> acceptor,
       co_await t.async_wait(use_tuple);
       continue;
     }
+    on_accept(std::move(socket));
+  }
+}
+
+asio::awaitable<void> accept_clients(std::shared_ptr<tcp::acceptor> acceptor,
+                                     std::shared_ptr<Runtime> rt) {
+  return accept_loop(std::move(acceptor), rt, [rt](tcp::socket socket) {
     const auto max = rt->current()->router->config().limits.max_client_connections;
     if (rt->client_connections.load() >= max) {
       // Refused before reading anything: existing clients keep their share.
       error_code ignored;
       socket.close(ignored);
-      continue;
+      return;
     }
     rt->client_connections.fetch_add(1);
     start_client_session(std::move(socket), rt);
-  }
+  });
+}
+
+asio::awaitable<void> accept_admin(std::shared_ptr<tcp::acceptor> acceptor,
+                                   std::shared_ptr<Runtime> rt) {
+  return accept_loop(std::move(acceptor), rt,
+                     [rt](tcp::socket socket) { start_admin_session(std::move(socket), rt); });
 }
 
 // $WATCHDOG_USEC, when systemd set it for this process ($WATCHDOG_PID, if present).
@@ -160,8 +177,8 @@ int run_server(Config cfg, const std::string& config_path, const Overrides& over
     return admin_acceptor ? endpoint_text(admin_acceptor->local_endpoint()) : std::string("-");
   };
 
-  asio::co_spawn(control, accept_loop(proxy_acceptor, rt), asio::detached);
-  if (admin_acceptor) asio::co_spawn(control, run_admin(admin_acceptor, rt), asio::detached);
+  asio::co_spawn(control, accept_clients(proxy_acceptor, rt), asio::detached);
+  if (admin_acceptor) asio::co_spawn(control, accept_admin(admin_acceptor, rt), asio::detached);
 
   // SIGHUP: everything is prepared first (parse, snapshot, new listeners) and only
   // then swapped in, so a failure anywhere keeps the running configuration whole.
@@ -189,12 +206,13 @@ int run_server(Config cfg, const std::string& config_path, const Overrides& over
       if (next_proxy) {
         proxy_acceptor->close(ignored);
         proxy_acceptor = next_proxy;
-        asio::co_spawn(control, accept_loop(proxy_acceptor, rt), asio::detached);
+        asio::co_spawn(control, accept_clients(proxy_acceptor, rt), asio::detached);
       }
       if (admin_changed) {
         if (admin_acceptor) admin_acceptor->close(ignored);
         admin_acceptor = next_admin;
-        if (admin_acceptor) asio::co_spawn(control, run_admin(admin_acceptor, rt), asio::detached);
+        if (admin_acceptor)
+          asio::co_spawn(control, accept_admin(admin_acceptor, rt), asio::detached);
       }
       rt->snapshot.store(snap);
       rt->pools.reconfigure(snap->router);
