@@ -32,9 +32,7 @@ constexpr uint64_t kMaxStreams = (uint64_t{1} << 30);
 // Values are echoed in messages; escaping keeps every message on one line even when
 // the offending value contains a newline or a control byte.
 std::string quote(const std::string& s) {
-  std::string out;
-  append_json_string(out, s);
-  return out;
+  return quoted(s);
 }
 
 std::string one_line(std::string s) {

@@ -172,7 +172,7 @@ void ConnectionPool::on_connected(pool::ConnId id, ConnectOutcome outcome) {
     m_.connect_errors.inc();
     log::warn("upstream connect failed", {{"origin", origin_.label()},
                                           {"error", std::string(reason_token(outcome.error))},
-                                          {"detail", "\"" + outcome.detail + "\""}});
+                                          {"detail", quoted(outcome.detail)}});
     core_.connect_failed(id, now, actions);
   } else {
     outcome.conn->pool_id = id;

@@ -32,17 +32,23 @@ namespace {
 constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
 using tcp = asio::ip::tcp;
 
-// Throws on failure (the caller decides whether that is fatal or a failed reload).
+// Throws ConfigError("ADDR:PORT: reason") on failure; the caller decides whether
+// that is fatal (start-up) or a failed reload.
 std::shared_ptr<tcp::acceptor> open_listener(asio::io_context& ioc, const HostPort& hp) {
+  error_code ec;
   tcp::resolver r(ioc);
   auto results = r.resolve(hp.host, std::to_string(hp.port),
-                           tcp::resolver::passive | tcp::resolver::numeric_service);
-  auto ep = results.begin()->endpoint();
+                           tcp::resolver::passive | tcp::resolver::numeric_service, ec);
   auto acceptor = std::make_shared<tcp::acceptor>(ioc.get_executor());
-  acceptor->open(ep.protocol());
-  acceptor->set_option(tcp::acceptor::reuse_address(true));
-  acceptor->bind(ep);
-  acceptor->listen(asio::socket_base::max_listen_connections);
+  if (!ec && results.empty()) ec = asio::error::host_not_found;
+  if (!ec) {
+    auto ep = results.begin()->endpoint();
+    acceptor->open(ep.protocol(), ec);
+    if (!ec) acceptor->set_option(tcp::acceptor::reuse_address(true), ec);
+    if (!ec) acceptor->bind(ep, ec);
+    if (!ec) acceptor->listen(asio::socket_base::max_listen_connections, ec);
+  }
+  if (ec) throw ConfigError(hp.to_string() + ": " + ec.message());
   return acceptor;
 }
 
@@ -169,7 +175,7 @@ int run_server(Config cfg, const std::string& config_path, const Overrides& over
     proxy_acceptor = open_listener(ioc, cfg.listen);
     if (cfg.admin) admin_acceptor = open_listener(ioc, *cfg.admin);
   } catch (const std::exception& e) {
-    log::error("cannot listen", {{"error", "\"" + std::string(e.what()) + "\""}});
+    log::error("cannot listen", {{"error", quoted(e.what())}});
     return 1;
   }
   auto proxy_text = [&]() { return endpoint_text(proxy_acceptor->local_endpoint()); };
@@ -223,8 +229,7 @@ int run_server(Config cfg, const std::string& config_path, const Overrides& over
       log::info("configuration reloaded",
                 {{"file", config_path}, {"proxy", proxy_text()}, {"admin", admin_text()}});
     } catch (const std::exception& e) {
-      log::error("reload failed; keeping the running configuration",
-                 {{"error", "\"" + std::string(e.what()) + "\""}});
+      log::error("reload failed; keeping the running configuration", {{"error", quoted(e.what())}});
     }
     sd_notify_state("READY=1");
   };

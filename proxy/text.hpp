@@ -53,4 +53,10 @@ inline void append_json_string(std::string& out, std::string_view s) {
   out += '"';
 }
 
+inline std::string quoted(std::string_view s) {
+  std::string out;
+  append_json_string(out, s);
+  return out;
+}
+
 }  // namespace upkeep
