@@ -29,8 +29,7 @@ pool::Limits pool_limits(const UpstreamSettings& s) {
 ConnectionPool::ConnectionPool(asio::io_context& ioc, Origin origin,
                                const UpstreamSettings& settings,
                                std::shared_ptr<const Router> router)
-    : ioc_(ioc),
-      strand_(asio::make_strand(ioc)),
+    : strand_(asio::make_strand(ioc)),
       origin_(std::move(origin)),
       settings_(settings),
       router_(std::move(router)),

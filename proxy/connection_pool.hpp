@@ -90,7 +90,6 @@ class ConnectionPool : public std::enable_shared_from_this<ConnectionPool> {
   void arm_timer();
   void publish_gauges();
 
-  asio::io_context& ioc_;
   asio::strand<asio::io_context::executor_type> strand_;
   Origin origin_;
   UpstreamSettings settings_;

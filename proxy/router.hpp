@@ -48,7 +48,6 @@ class Router {
   bool address_denied(std::span<const uint8_t> addr) const;
 
   const Config& config() const noexcept { return *cfg_; }
-  std::shared_ptr<const Config> config_ptr() const noexcept { return cfg_; }
 
  private:
   std::shared_ptr<const Config> cfg_;

@@ -65,8 +65,6 @@ class UpstreamStream {
 
 class UpstreamConn {
  public:
-  using clock = std::chrono::steady_clock;
-
   UpstreamConn(uint64_t id, std::unique_ptr<UpstreamStream> stream, std::string protocol)
       : id_(id), stream_(std::move(stream)), protocol_(std::move(protocol)) {}
 
@@ -79,7 +77,6 @@ class UpstreamConn {
   // body is sent with write_body (chunked framing when req.chunked() is set).
   asio::awaitable<error_code> write_header(http::request_header<>&& h, bool body_follows);
   asio::awaitable<error_code> write_body(const char* data, std::size_t n, bool last);
-  bool request_done() const noexcept { return request_done_; }
   // Waits up to `d` for the first response bytes (true), or gives up (false) so an
   // Expect: 100-continue body can be sent to an origin that never answers 100.
   asio::awaitable<bool> wait_response(std::chrono::steady_clock::duration d);
@@ -94,7 +91,6 @@ class UpstreamConn {
   // Body bytes into buf; {ec, n}. n == 0 with no error only when the body is done.
   asio::awaitable<std::pair<error_code, std::size_t>> read_body(char* buf, std::size_t n);
   std::optional<uint64_t> content_length_remaining() const;
-  bool response_chunked() const { return parser_ && parser_->chunked(); }
   // Body delimited by the server closing the connection (no length, not chunked).
   bool response_until_close() const;
 
@@ -109,7 +105,6 @@ class UpstreamConn {
   bool has_buffered_bytes() const noexcept { return buffer_.size() != 0; }
 
   // Bookkeeping by the pool.
-  clock::time_point created = clock::now();
   uint64_t exchanges = 0;
   uint64_t watch_generation = 0;
   uint64_t pool_id = 0;  // the PoolCore ConnId
