@@ -445,13 +445,14 @@ asio::awaitable<void> ClientSession::drain(std::shared_ptr<ConnectionPool> pool,
     }
   }
   conn->expires_never();
-  reg.drained_bytes.inc(drained);
-  if (failed || !conn->reusable()) {
-    reg.drain_aborted.inc();
-    pool->release(conn, false, pool::CloseReason::drain_limit);
-  } else {
-    pool->release(conn, true, pool::CloseReason::error);
-  }
+  // Counted once the pool has the connection back, so whoever sees the counter move
+  // can count on the drained connection being reusable already.
+  const bool reused = !failed && conn->reusable();
+  pool->release(conn, reused, pool::CloseReason::drain_limit, std::nullopt, [drained, reused]() {
+    auto& r = metrics::Registry::get();
+    r.drained_bytes.inc(drained);
+    if (!reused) r.drain_aborted.inc();
+  });
 }
 
 // 1xx heads go to HTTP/1.1 clients only (RFC 9110 §15.2: not to 1.0 clients).

@@ -48,15 +48,17 @@ void ConnectionPool::do_acquire(bool fresh, asio::any_io_executor ex,
 
 void ConnectionPool::release(std::shared_ptr<UpstreamConn> conn, bool reusable,
                              pool::CloseReason reason,
-                             std::optional<std::chrono::steady_clock::duration> idle_hint) {
-  asio::dispatch(
-      strand_, [self = shared_from_this(), conn = std::move(conn), reusable, reason, idle_hint]() {
-        pool::Actions actions;
-        self->m_.streams.add(-1);
-        self->core_.release(conn->pool_id, reusable, std::chrono::steady_clock::now(), actions,
-                            reason, idle_hint);
-        self->run(actions);
-      });
+                             std::optional<std::chrono::steady_clock::duration> idle_hint,
+                             std::function<void()> then) {
+  asio::dispatch(strand_, [self = shared_from_this(), conn = std::move(conn), reusable, reason,
+                           idle_hint, then = std::move(then)]() {
+    pool::Actions actions;
+    self->m_.streams.add(-1);
+    self->core_.release(conn->pool_id, reusable, std::chrono::steady_clock::now(), actions, reason,
+                        idle_hint);
+    self->run(actions);
+    if (then) then();
+  });
 }
 
 void ConnectionPool::shutdown() {

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -60,8 +61,11 @@ class ConnectionPool : public std::enable_shared_from_this<ConnectionPool> {
 
   // The exchange on conn is over. reusable=false closes it with `reason`.
   // idle_hint: the server's Keep-Alive timeout, if it gave one.
+  // then: runs on the pool's strand once the pool has taken the connection back (a
+  // metric bumped there is only visible after the connection can be granted again).
   void release(std::shared_ptr<UpstreamConn> conn, bool reusable, pool::CloseReason reason,
-               std::optional<std::chrono::steady_clock::duration> idle_hint = std::nullopt);
+               std::optional<std::chrono::steady_clock::duration> idle_hint = std::nullopt,
+               std::function<void()> then = {});
 
   void shutdown();
   // Reload: the origin is now reached differently. Its connections take no new

@@ -215,8 +215,9 @@ class PoolTest(UpkeepTestCase):
             self.assertEqual(r.status, 200, r)
             self.assertPattern(r.body, 1000)
             self.assertEqual(self.origin.connections_total, 1,
-                             "round %d: drained connection not reused (origin saw %d connections)"
-                             % (i, self.origin.connections_total))
+                             "round %d: drained connection not reused (origin saw %d connections,"
+                             " %d drains aborted)" % (i, self.origin.connections_total,
+                                                      up.metric("upkeep_drain_aborted_total")))
         self.assertEqual(up.metric("upkeep_drain_aborted_total"), 0)
 
     def test_drain_limit_closes(self):
