@@ -2,6 +2,7 @@
 
 #include <array>
 #include <string>
+#include <tuple>
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -23,6 +24,7 @@
 #include "log.hpp"
 #include "metrics.hpp"
 #include "tunnel.hpp"
+#include "upstream_h2.hpp"
 
 namespace upkeep {
 namespace {
@@ -37,6 +39,41 @@ enum class BodyResult { ok, client_failed, client_malformed, upstream_failed };
 bool is_parse_error(const error_code& ec) {
   return ec.category() == http::make_error_code(http::error::bad_chunk).category();
 }
+
+// What one attempt on an HTTP/2 connection left to do.
+enum class H2Attempt {
+  finished_keep,   // answered; the client connection may carry another request
+  finished_close,  // answered (or the client is gone); close the client connection
+  replay,          // the server never processed the stream: send it again
+  retry_fresh,     // a reused connection died before any response byte (idempotent only)
+};
+
+// Upload bytes taken from the client are kept (up to a cap) so a stream the server
+// refused can be sent again in full, even a POST (RFC 9113 §8.7).
+constexpr std::size_t kReplayKeep = 64 * 1024;
+
+class ClientSession;
+
+// The per-request state an HTTP/2 attempt needs and that survives a replay.
+struct H2Exchange {
+  const Snapshot* snap = nullptr;
+  const RouteDecision* d = nullptr;
+  AccessEntry* e = nullptr;
+  ConnectionPool* pool = nullptr;
+  const http::request_header<>* up = nullptr;
+  http::request_parser<http::buffer_body>* parser = nullptr;
+  bool reused = false;
+  bool fresh_only = false;
+  bool may_retry = false;
+  unsigned version = 11;
+  bool head = false;
+  bool has_body = false;
+  bool client_keep_alive = true;
+  bool expect_continue = false;
+  bool sent_continue = false;  // we answered Expect: 100-continue ourselves
+  std::string kept;            // upload bytes read from the client so far
+  bool kept_all = true;        // false once they outgrew kReplayKeep
+};
 
 class ClientSession : public std::enable_shared_from_this<ClientSession> {
  public:
@@ -57,6 +94,10 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   asio::awaitable<bool> exchange(RequestParser& parser, const Snapshot& snap, RouteDecision& d,
                                  AccessEntry& e);
   asio::awaitable<BodyResult> relay_request_body(RequestParser& parser, UpstreamConn& conn);
+  // One client body chunk into body_buf(): {result, bytes, last}.
+  asio::awaitable<std::tuple<BodyResult, std::size_t, bool>> read_client_chunk(
+      RequestParser& parser);
+  asio::awaitable<H2Attempt> exchange_h2(H2Exchange& x, std::shared_ptr<H2Conn> h2);
   asio::awaitable<void> drain(std::shared_ptr<ConnectionPool> pool,
                               std::shared_ptr<UpstreamConn> conn, const UpstreamSettings& s);
   asio::awaitable<bool> send_interim(const http::response_header<>& h);
@@ -239,6 +280,20 @@ asio::awaitable<bool> ClientSession::exchange(RequestParser& parser, const Snaps
   auto& om = pool->metrics();
   e.origin = om.label;
   bool fresh_only = false;
+  int replays = 0;
+  H2Exchange h2x;
+  h2x.snap = &snap;
+  h2x.d = &d;
+  h2x.e = &e;
+  h2x.pool = pool.get();
+  h2x.up = &up;
+  h2x.parser = &parser;
+  h2x.may_retry = may_retry;
+  h2x.version = version;
+  h2x.head = head;
+  h2x.has_body = has_body;
+  h2x.client_keep_alive = client_keep_alive;
+  h2x.expect_continue = expect_continue;
 
   for (;;) {
     Lease lease = co_await pool->async_acquire(fresh_only, asio::use_awaitable);
@@ -246,6 +301,23 @@ asio::awaitable<bool> ClientSession::exchange(RequestParser& parser, const Snaps
     if (lease.error != errc::ok) {
       co_await send_error(lease.error, version, has_body, e);
       co_return !has_body && client_keep_alive;
+    }
+    if (lease.h2) {
+      H2Exchange& x = h2x;
+      x.reused = lease.reused;
+      x.fresh_only = fresh_only;
+      auto r = co_await exchange_h2(x, std::move(lease.h2));
+      if (r == H2Attempt::finished_keep) co_return true;
+      if (r == H2Attempt::finished_close) co_return false;
+      if (r == H2Attempt::retry_fresh) {
+        fresh_only = true;
+        metrics::Registry::get().retries.inc();
+      } else if (++replays > 8) {
+        co_await send_error(errc::upstream_closed, version, has_body, e,
+                            "stream refused repeatedly");
+        co_return false;
+      }
+      continue;
     }
     auto conn = std::move(lease.conn);
     e.conn_id = conn->id();
@@ -396,10 +468,10 @@ asio::awaitable<bool> ClientSession::exchange(RequestParser& parser, const Snaps
   }
 }
 
-asio::awaitable<BodyResult> ClientSession::relay_request_body(RequestParser& parser,
-                                                              UpstreamConn& conn) {
+asio::awaitable<std::tuple<BodyResult, std::size_t, bool>> ClientSession::read_client_chunk(
+    RequestParser& parser) {
   const auto& limits = rt_->current()->router->config().limits;
-  while (!parser.is_done()) {
+  for (;;) {
     auto& body = parser.get().body();
     body.data = body_buf();
     body.size = kBodyChunk;
@@ -407,10 +479,23 @@ asio::awaitable<BodyResult> ClientSession::relay_request_body(RequestParser& par
     auto [ec, n] = co_await http::async_read_some(stream_, buffer_, parser, use_tuple);
     stream_.expires_never();
     if (ec == http::error::need_buffer) ec = {};
-    if (ec) co_return is_parse_error(ec) ? BodyResult::client_malformed : BodyResult::client_failed;
+    if (ec) {
+      co_return std::tuple{
+          is_parse_error(ec) ? BodyResult::client_malformed : BodyResult::client_failed,
+          std::size_t{0}, false};
+    }
     const std::size_t got = kBodyChunk - body.size;
     const bool last = parser.is_done();
     if (got == 0 && !last) continue;
+    co_return std::tuple{BodyResult::ok, got, last};
+  }
+}
+
+asio::awaitable<BodyResult> ClientSession::relay_request_body(RequestParser& parser,
+                                                              UpstreamConn& conn) {
+  while (!parser.is_done()) {
+    auto [r, got, last] = co_await read_client_chunk(parser);
+    if (r != BodyResult::ok) co_return r;
     if (auto wec = co_await conn.write_body(body_buf(), got, last); wec) {
       co_return BodyResult::upstream_failed;
     }
@@ -455,11 +540,47 @@ asio::awaitable<void> ClientSession::drain(std::shared_ptr<ConnectionPool> pool,
   });
 }
 
-// 1xx heads go to HTTP/1.1 clients only (RFC 9110 §15.2: not to 1.0 clients).
-asio::awaitable<bool> ClientSession::send_interim(const http::response_header<>& h) {
-  std::string out = "HTTP/1.1 " + std::to_string(h.result_int()) + " " +
-                    std::string(h.reason().empty() ? obsolete_reason(h.result()) : h.reason()) +
-                    "\r\n";
+// An HTTP/1.1 request head as HTTP/2 fields (RFC 9113 §8.3.1): pseudo-headers
+// first, Host as :authority, nothing connection-specific (§8.2.2). The body's
+// framing is DATA frames, so Transfer-Encoding goes; Expect is answered here.
+std::vector<H2Field> h2_request_fields(const http::request_header<>& up, bool tls,
+                                       std::string_view path) {
+  std::vector<H2Field> out;
+  out.reserve(8 + static_cast<std::size_t>(std::distance(up.begin(), up.end())));
+  out.push_back({":method", std::string(up.method_string())});
+  out.push_back({":scheme", tls ? "https" : "http"});
+  out.push_back({":authority", std::string(up[http::field::host])});
+  out.push_back({":path", path.empty() ? std::string("/") : std::string(path)});
+  for (const auto& f : up) {
+    switch (f.name()) {
+      case http::field::host:
+      case http::field::transfer_encoding:
+      case http::field::expect:
+      case http::field::connection:
+      case http::field::keep_alive:
+      case http::field::proxy_connection:
+      case http::field::upgrade:
+        continue;
+      default:
+        break;
+    }
+    std::string name(f.name_string());
+    for (auto& c : name)
+      c = ascii_lower(c);
+    out.push_back({std::move(name), std::string(f.value())});
+  }
+  return out;
+}
+
+// The status line and fields of an HTTP/1.x head.
+std::string serialize_head(const http::response_header<>& h, unsigned version) {
+  std::string out;
+  out.reserve(256);
+  out += version >= 11 ? "HTTP/1.1 " : "HTTP/1.0 ";
+  out += std::to_string(h.result_int());
+  out += ' ';
+  out += h.reason().empty() ? http::obsolete_reason(h.result()) : h.reason();
+  out += "\r\n";
   for (const auto& f : h) {
     out += f.name_string();
     out += ": ";
@@ -467,6 +588,182 @@ asio::awaitable<bool> ClientSession::send_interim(const http::response_header<>&
     out += "\r\n";
   }
   out += "\r\n";
+  return out;
+}
+
+asio::awaitable<H2Attempt> ClientSession::exchange_h2(H2Exchange& x, std::shared_ptr<H2Conn> h2) {
+  auto& e = *x.e;
+  auto& pool = *x.pool;
+  auto& parser = *x.parser;
+  const auto& s = *x.d->settings;
+  auto& om = pool.metrics();
+  e.conn_id = h2->id();
+  e.reused = x.reused;
+  e.protocol = "h2";
+  om.requests_h2.inc();
+  if (x.reused) om.reused.inc();
+
+  auto st = h2->open(h2_request_fields(*x.up, x.d->origin.tls, x.d->path), x.has_body);
+  // Every way out gives the stream back to the pool exactly once.
+  struct Release {
+    ConnectionPool& pool;
+    std::shared_ptr<H2Conn> h2;
+    ~Release() { pool.release(h2); }
+  } release{pool, h2};
+
+  bool upload_done = !x.has_body;
+  if (x.has_body) {
+    if (x.expect_continue && !x.sent_continue && x.version >= 11) {
+      // The body goes up as DATA at once; tell the client to send it now rather
+      // than after its own Expect timeout.
+      static constexpr std::string_view k100 = "HTTP/1.1 100 Continue\r\n\r\n";
+      auto [wec, wn] = co_await asio::async_write(stream_, asio::buffer(k100), use_tuple);
+      if (wec) {
+        st->cancel();
+        co_return H2Attempt::finished_close;
+      }
+      x.sent_continue = true;
+    }
+    H2Outcome wo = H2Outcome::ok;
+    if (!x.kept.empty() || parser.is_done()) {
+      // A replay: what the client already sent goes first.
+      wo = co_await st->async_write_body(x.kept.data(), x.kept.size(), parser.is_done(),
+                                         asio::use_awaitable);
+    }
+    while (wo == H2Outcome::ok && !parser.is_done()) {
+      auto [r, got, last] = co_await read_client_chunk(parser);
+      if (r != BodyResult::ok) {
+        // RFC 9113 §8.1: an incomplete request is reset, and only this stream.
+        st->cancel();
+        if (r == BodyResult::client_malformed) {
+          co_await send_error(errc::bad_request, x.version, true, e,
+                              "invalid request body framing");
+        } else {
+          e.error = "client_closed";
+          write_access_log(e);
+        }
+        co_return H2Attempt::finished_close;
+      }
+      if (x.kept_all) {
+        if (x.kept.size() + got <= kReplayKeep) {
+          x.kept.append(body_buf(), got);
+        } else {
+          x.kept_all = false;
+          std::string().swap(x.kept);
+        }
+      }
+      wo = co_await st->async_write_body(body_buf(), got, last, asio::use_awaitable);
+    }
+    upload_done = parser.is_done();
+  }
+
+  // Response head, relaying 1xx to HTTP/1.1 clients (RFC 9110 §15.2).
+  H2Head hd;
+  for (;;) {
+    hd = co_await st->async_read_head(s.response_timeout, asio::use_awaitable);
+    if (hd.outcome != H2Outcome::ok) break;
+    const unsigned status = hd.head.result_int();
+    if (status >= 200) break;
+    if (status == 101 || (status == 100 && x.sent_continue) || x.version < 11) continue;
+    if (!co_await send_interim(hd.head)) {
+      st->cancel();
+      co_return H2Attempt::finished_close;
+    }
+  }
+  if (hd.outcome != H2Outcome::ok) {
+    st->cancel();
+    if (hd.outcome == H2Outcome::refused && (!x.has_body || x.kept_all)) {
+      log::debug("stream refused; sending it again", {{"origin", e.origin}, {"url", e.url}});
+      co_return H2Attempt::replay;
+    }
+    if (hd.outcome == H2Outcome::conn_lost && x.reused && !hd.got_response_bytes && x.may_retry &&
+        !x.fresh_only) {
+      co_return H2Attempt::retry_fresh;
+    }
+    const errc err = hd.outcome == H2Outcome::timeout ? errc::response_timeout
+                     : hd.got_response_bytes          ? errc::upstream_protocol
+                                                      : errc::upstream_closed;
+    co_await send_error(err, x.version, !upload_done, e,
+                        hd.outcome == H2Outcome::reset ? "stream reset by the origin" : "");
+    co_return upload_done&& x.client_keep_alive ? H2Attempt::finished_keep
+                                                : H2Attempt::finished_close;
+  }
+
+  auto& rh = hd.head;
+  const unsigned status = rh.result_int();
+  const bool no_body = x.head || status == 204 || status == 304;
+  const bool has_length = rh.count(http::field::content_length) != 0;
+  bool close_client = !x.client_keep_alive || !upload_done || rt_->draining.load();
+  if (!no_body && !has_length && x.version < 11) close_client = true;
+  prepare_downstream_response(rh, x.version, !close_client);
+  const bool chunked = !no_body && !has_length && x.version >= 11;
+  if (chunked) rh.set(http::field::transfer_encoding, "chunked");
+  e.status = static_cast<int>(status);
+
+  const auto client_timeout = x.snap->router->config().limits.client_idle_timeout;
+  auto client_gone = [&]() {
+    stream_.expires_never();
+    st->cancel();
+    e.error = "client_closed";
+    write_access_log(e);
+    return H2Attempt::finished_close;
+  };
+  // The head goes out on its own, so a slow or streamed body does not hold it back.
+  std::string head_text = serialize_head(rh, x.version);
+  stream_.expires_after(client_timeout);
+  if (auto [wec, wn] = co_await asio::async_write(stream_, asio::buffer(head_text), use_tuple); wec)
+    co_return client_gone();
+  if (!no_body) {
+    for (;;) {
+      auto rd = co_await st->async_read_body(body_buf(), kBodyChunk, asio::use_awaitable);
+      if (rd.outcome != H2Outcome::ok) {
+        // Cut short upstream: the client can only learn it from the connection
+        // closing before the framing completes.
+        stream_.expires_never();
+        e.error = "upstream_reset";
+        write_access_log(e);
+        co_return H2Attempt::finished_close;
+      }
+      char size_line[24];
+      std::string tail;
+      std::array<asio::const_buffer, 3> bufs;
+      std::size_t nb = 0;
+      if (chunked && rd.n > 0) {
+        int len = std::snprintf(size_line, sizeof size_line, "%zx\r\n", rd.n);
+        bufs[nb++] = asio::buffer(size_line, static_cast<std::size_t>(len));
+      }
+      if (rd.n > 0) bufs[nb++] = asio::buffer(body_buf(), rd.n);
+      if (chunked) {
+        if (rd.n > 0) tail = "\r\n";
+        if (rd.eof) {
+          tail += "0\r\n";
+          for (const auto& t : st->trailers()) {
+            tail += t.name;
+            tail += ": ";
+            tail += t.value;
+            tail += "\r\n";
+          }
+          tail += "\r\n";
+        }
+        if (!tail.empty()) bufs[nb++] = asio::buffer(tail);
+      }
+      if (nb > 0) {
+        stream_.expires_after(client_timeout);
+        auto [wec, wn] = co_await asio::async_write(stream_, bufs, use_tuple);  // unused: empty
+        if (wec) co_return client_gone();
+      }
+      e.bytes += rd.n;
+      if (rd.eof) break;
+    }
+  }
+  stream_.expires_never();
+  write_access_log(e);
+  co_return close_client ? H2Attempt::finished_close : H2Attempt::finished_keep;
+}
+
+// 1xx heads go to HTTP/1.1 clients only (RFC 9110 §15.2: not to 1.0 clients).
+asio::awaitable<bool> ClientSession::send_interim(const http::response_header<>& h) {
+  std::string out = serialize_head(h, 11);
   auto [ec, n] = co_await asio::async_write(stream_, asio::buffer(out), use_tuple);
   co_return !ec;
 }

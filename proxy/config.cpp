@@ -412,6 +412,10 @@ bool apply_upstream_key(UpstreamSettings& u, const std::string& key, const Item&
     u.connect_timeout = get_duration(it, false);
   } else if (key == "response_timeout") {
     u.response_timeout = get_duration(it, false);
+  } else if (key == "ping_interval") {
+    u.ping_interval = get_duration(it, true);
+  } else if (key == "ping_timeout") {
+    u.ping_timeout = get_duration(it, false);
   } else if (key == "queue") {
     for_each_key(it, [&](const std::string& k, const Item& c) {
       if (k == "max_pending") {
@@ -754,6 +758,10 @@ void emit_upstream(std::string& out, const UpstreamSettings& u, const UpstreamSe
        format_duration(u.connect_timeout));
   line(base && base->response_timeout != u.response_timeout, "response_timeout",
        format_duration(u.response_timeout));
+  line(base && base->ping_interval != u.ping_interval, "ping_interval",
+       format_duration(u.ping_interval));
+  line(base && base->ping_timeout != u.ping_timeout, "ping_timeout",
+       format_duration(u.ping_timeout));
   if (!base || base->queue != u.queue) {
     out += ind + "queue:\n";
     const std::string in2 = ind + "  ";
@@ -925,6 +933,8 @@ upstream:
   idle_timeout: 60s
   connect_timeout: 5s
   response_timeout: 30s
+  ping_interval: 30s
+  ping_timeout: 10s
   queue:
     max_pending: 1024
     timeout: 10s

@@ -47,6 +47,11 @@ struct UpstreamSettings {
   Duration idle_timeout = std::chrono::seconds(60);
   Duration connect_timeout = std::chrono::seconds(5);
   Duration response_timeout = std::chrono::seconds(30);
+  // HTTP/2: an idle connection is PINGed every ping_interval (0 = never) and closed if
+  // the ACK takes longer than ping_timeout. Not in SPEC.md's list; Envoy's
+  // connection_keepalive {interval, timeout} is the model.
+  Duration ping_interval = std::chrono::seconds(30);
+  Duration ping_timeout = std::chrono::seconds(10);
   QueueSettings queue;
   DrainSettings drain;
   bool retry_idempotent = true;

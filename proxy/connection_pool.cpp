@@ -29,7 +29,8 @@ pool::Limits pool_limits(const UpstreamSettings& s) {
 ConnectionPool::ConnectionPool(asio::io_context& ioc, Origin origin,
                                const UpstreamSettings& settings,
                                std::shared_ptr<const Router> router)
-    : strand_(asio::make_strand(ioc)),
+    : ioex_(ioc.get_executor()),
+      strand_(asio::make_strand(ioc)),
       origin_(std::move(origin)),
       settings_(settings),
       router_(std::move(router)),
@@ -50,15 +51,26 @@ void ConnectionPool::release(std::shared_ptr<UpstreamConn> conn, bool reusable,
                              pool::CloseReason reason,
                              std::optional<std::chrono::steady_clock::duration> idle_hint,
                              std::function<void()> then) {
-  asio::dispatch(strand_, [self = shared_from_this(), conn = std::move(conn), reusable, reason,
+  asio::dispatch(strand_, [self = shared_from_this(), id = conn->pool_id, reusable, reason,
                            idle_hint, then = std::move(then)]() {
-    pool::Actions actions;
-    self->m_.streams.add(-1);
-    self->core_.release(conn->pool_id, reusable, std::chrono::steady_clock::now(), actions, reason,
-                        idle_hint);
-    self->run(actions);
+    self->release_id(id, reusable, reason, idle_hint);
     if (then) then();
   });
+}
+
+void ConnectionPool::release(const std::shared_ptr<H2Conn>& conn) {
+  asio::dispatch(strand_, [self = shared_from_this(), id = conn->pool_id]() {
+    // A dead connection was already reported closed(); the core ignores the release.
+    self->release_id(id, true, pool::CloseReason::error, std::nullopt);
+  });
+}
+
+void ConnectionPool::release_id(pool::ConnId id, bool reusable, pool::CloseReason reason,
+                                std::optional<std::chrono::steady_clock::duration> idle_hint) {
+  pool::Actions actions;
+  m_.streams.add(-1);
+  core_.release(id, reusable, std::chrono::steady_clock::now(), actions, reason, idle_hint);
+  run(actions);
 }
 
 void ConnectionPool::shutdown() {
@@ -73,7 +85,7 @@ void ConnectionPool::retire() {
   asio::dispatch(strand_, [self = shared_from_this()]() {
     pool::Actions actions;
     auto now = std::chrono::steady_clock::now();
-    for (auto& [id, conn] : self->conns_) {
+    for (auto& [id, pooled] : self->conns_) {
       self->core_.drain(id, pool::CloseReason::config_changed, now, actions);
     }
     self->run(actions);
@@ -104,14 +116,19 @@ void ConnectionPool::run(pool::Actions& actions) {
           } else if constexpr (std::is_same_v<T, pool::Grant>) {
             auto it = conns_.find(a.conn);
             if (it == conns_.end()) return;  // cannot happen: the core only grants known ones
-            auto& conn = it->second;
+            m_.streams.add(1);
+            if (auto& h2 = it->second.h2) {
+              ++h2->exchanges;
+              complete(a.waiter, Lease{errc::ok, nullptr, h2, a.reused, {}});
+              return;
+            }
+            auto& conn = it->second.h1;
             // Stop the idle watch; the wait's completion sees the new generation and ignores.
             ++conn->watch_generation;
             error_code ignored;
             conn->stream().tcp().socket().cancel(ignored);
             ++conn->exchanges;
-            m_.streams.add(1);
-            complete(a.waiter, Lease{errc::ok, conn, a.reused, {}});
+            complete(a.waiter, Lease{errc::ok, conn, nullptr, a.reused, {}});
           } else if constexpr (std::is_same_v<T, pool::Fail>) {
             errc e = errc::internal;
             switch (a.reason) {
@@ -128,7 +145,7 @@ void ConnectionPool::run(pool::Actions& actions) {
                 e = errc::shutting_down;
                 break;
             }
-            complete(a.waiter, Lease{e, nullptr, false, {}});
+            complete(a.waiter, Lease{e, nullptr, nullptr, false, {}});
           } else if constexpr (std::is_same_v<T, pool::Close>) {
             close_conn(a.conn, a.reason, a.requests);
           } else if constexpr (std::is_same_v<T, pool::WatchIdle>) {
@@ -175,9 +192,12 @@ void ConnectionPool::on_connected(pool::ConnId id, ConnectOutcome outcome) {
                                           {"error", std::string(reason_token(outcome.error))},
                                           {"detail", quoted(outcome.detail)}});
     core_.connect_failed(id, now, actions);
+  } else if (outcome.conn->protocol() == "h2") {
+    m_.opened.inc();
+    adopt_h2(id, std::move(outcome.conn), actions);
   } else {
     outcome.conn->pool_id = id;
-    conns_.emplace(id, outcome.conn);
+    conns_.emplace(id, Pooled{outcome.conn, nullptr});
     m_.opened.inc();
     log::debug("upstream connected", {{"origin", origin_.label()},
                                       {"conn", std::to_string(outcome.conn->id())},
@@ -187,6 +207,49 @@ void ConnectionPool::on_connected(pool::ConnId id, ConnectOutcome outcome) {
   run(actions);
 }
 
+// The server chose h2: the handshaken transport moves into an H2Conn on its own
+// strand. Its events come back here by post, so the core is only touched on ours.
+void ConnectionPool::adopt_h2(pool::ConnId id, std::shared_ptr<UpstreamConn> handshaken,
+                              pool::Actions& actions) {
+  auto h2 = std::make_shared<H2Conn>(ioex_, handshaken->id(), handshaken->take_stream(), settings_);
+  h2->pool_id = id;
+  conns_.emplace(id, Pooled{nullptr, h2});
+  log::debug("upstream connected",
+             {{"origin", origin_.label()}, {"conn", std::to_string(h2->id())}, {"protocol", "h2"}});
+  std::weak_ptr<ConnectionPool> weak = shared_from_this();
+  auto on_pool = [weak, this](auto f) {
+    if (auto self = weak.lock()) asio::post(strand_, [self, f = std::move(f)]() mutable { f(); });
+  };
+  H2Conn::Events ev;
+  ev.capacity = [on_pool, this, id](std::size_t n) {
+    on_pool([this, id, n]() {
+      pool::Actions acts;
+      core_.set_capacity(id, n, std::chrono::steady_clock::now(), acts);
+      run(acts);
+    });
+  };
+  ev.goaway = [on_pool, this, id]() {
+    on_pool([this, id]() {
+      pool::Actions acts;
+      core_.drain(id, pool::CloseReason::goaway, std::chrono::steady_clock::now(), acts);
+      run(acts);
+    });
+  };
+  ev.closed = [on_pool, this, id](pool::CloseReason reason) {
+    on_pool([this, id, reason]() {
+      auto it = conns_.find(id);
+      if (it == conns_.end()) return;  // the pool closed it itself and counted it then
+      pool::Actions acts;
+      const uint64_t requests = it->second.h2->exchanges;
+      core_.closed(id, reason, std::chrono::steady_clock::now(), acts);
+      close_conn(id, reason, requests);
+      run(acts);
+    });
+  };
+  h2->start(std::move(ev));
+  core_.connected(id, h2->initial_capacity(), std::chrono::steady_clock::now(), actions);
+}
+
 // An idle pooled connection keeps a readiness wait on its raw socket: a FIN, an RST
 // or any byte (a TLS alert, a late "408") means the server is done with it, so it
 // leaves the pool now rather than failing the next request. Waiting on the socket,
@@ -194,8 +257,8 @@ void ConnectionPool::on_connected(pool::ConnId id, ConnectOutcome outcome) {
 // cancel the wait.
 void ConnectionPool::watch_idle(pool::ConnId id) {
   auto it = conns_.find(id);
-  if (it == conns_.end()) return;
-  auto& conn = it->second;
+  if (it == conns_.end() || it->second.h2) return;  // an H2Conn reads and PINGs by itself
+  auto& conn = it->second.h1;
   const uint64_t gen = ++conn->watch_generation;
   if (conn->has_buffered_bytes()) {
     pool::Actions actions;
@@ -208,10 +271,10 @@ void ConnectionPool::watch_idle(pool::ConnId id) {
       asio::ip::tcp::socket::wait_read,
       asio::bind_executor(strand_, [self = shared_from_this(), id, gen](error_code ec) {
         auto it2 = self->conns_.find(id);
-        if (it2 == self->conns_.end() || it2->second->watch_generation != gen) return;
+        if (it2 == self->conns_.end() || it2->second.h1->watch_generation != gen) return;
         if (ec == asio::error::operation_aborted) return;
         pool::Actions actions;
-        uint64_t requests = it2->second->exchanges;
+        uint64_t requests = it2->second.h1->exchanges;
         self->core_.closed(id, pool::CloseReason::server_closed, std::chrono::steady_clock::now(),
                            actions);
         self->close_conn(id, pool::CloseReason::server_closed, requests);
@@ -222,10 +285,17 @@ void ConnectionPool::watch_idle(pool::ConnId id) {
 void ConnectionPool::close_conn(pool::ConnId id, pool::CloseReason reason, uint64_t requests) {
   auto it = conns_.find(id);
   if (it == conns_.end()) return;
-  ++it->second->watch_generation;
-  it->second->close();
+  uint64_t conn_id = 0;
+  if (auto& h1 = it->second.h1) {
+    ++h1->watch_generation;
+    h1->close();
+    conn_id = h1->id();
+  } else {
+    it->second.h2->close();
+    conn_id = it->second.h2->id();
+  }
   log::debug("upstream closed", {{"origin", origin_.label()},
-                                 {"conn", std::to_string(it->second->id())},
+                                 {"conn", std::to_string(conn_id)},
                                  {"reason", std::string(pool::to_string(reason))}});
   conns_.erase(it);
   m_.closed[static_cast<std::size_t>(reason)].inc();

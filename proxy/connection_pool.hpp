@@ -25,12 +25,16 @@
 #include "router.hpp"
 #include "upstream_connector.hpp"
 #include "upstream_h1.hpp"
+#include "upstream_h2.hpp"
 
 namespace upkeep {
 
+// One exchange's right to a connection: conn (HTTP/1.1, exclusively) or h2 (one
+// stream of a shared HTTP/2 connection).
 struct Lease {
   errc error = errc::ok;
   std::shared_ptr<UpstreamConn> conn;
+  std::shared_ptr<H2Conn> h2;
   bool reused = false;
   std::chrono::steady_clock::duration waited{};
 };
@@ -66,6 +70,8 @@ class ConnectionPool : public std::enable_shared_from_this<ConnectionPool> {
   void release(std::shared_ptr<UpstreamConn> conn, bool reusable, pool::CloseReason reason,
                std::optional<std::chrono::steady_clock::duration> idle_hint = std::nullopt,
                std::function<void()> then = {});
+  // The stream's exchange on an HTTP/2 connection is over (however it ended).
+  void release(const std::shared_ptr<H2Conn>& conn);
 
   void shutdown();
   // Reload: the origin is now reached differently. Its connections take no new
@@ -91,9 +97,13 @@ class ConnectionPool : public std::enable_shared_from_this<ConnectionPool> {
   void complete(pool::WaiterId w, Lease lease);
   void watch_idle(pool::ConnId id);
   void close_conn(pool::ConnId id, pool::CloseReason reason, uint64_t requests);
+  void adopt_h2(pool::ConnId id, std::shared_ptr<UpstreamConn> handshaken, pool::Actions& actions);
+  void release_id(pool::ConnId id, bool reusable, pool::CloseReason reason,
+                  std::optional<std::chrono::steady_clock::duration> idle_hint);
   void arm_timer();
   void publish_gauges();
 
+  asio::io_context::executor_type ioex_;
   asio::strand<asio::io_context::executor_type> strand_;
   Origin origin_;
   UpstreamSettings settings_;
@@ -101,7 +111,11 @@ class ConnectionPool : public std::enable_shared_from_this<ConnectionPool> {
   pool::PoolCore core_;
   metrics::OriginMetrics& m_;
   asio::steady_timer timer_;
-  std::unordered_map<pool::ConnId, std::shared_ptr<UpstreamConn>> conns_;
+  struct Pooled {
+    std::shared_ptr<UpstreamConn> h1;
+    std::shared_ptr<H2Conn> h2;
+  };
+  std::unordered_map<pool::ConnId, Pooled> conns_;
   std::unordered_map<pool::WaiterId, Waiter> waiters_;
   errc last_connect_error_ = errc::connect_failed;
   std::optional<std::chrono::steady_clock::time_point> timer_at_;

@@ -24,6 +24,8 @@ std::string_view to_string(CloseReason r) noexcept {
       return "client_abort";
     case CloseReason::config_changed:
       return "config_changed";
+    case CloseReason::ping_timeout:
+      return "ping_timeout";
     case CloseReason::error:
       return "error";
     case CloseReason::shutdown:

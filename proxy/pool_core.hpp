@@ -72,8 +72,9 @@ enum class CloseReason {
   error,
   shutdown,
   config_changed,  // a reload changed how this origin is reached; retired gracefully
+  ping_timeout,    // HTTP/2: an idle connection did not answer a PING in time
 };
-inline constexpr std::size_t kCloseReasonCount = 10;
+inline constexpr std::size_t kCloseReasonCount = 11;
 std::string_view to_string(CloseReason r) noexcept;
 
 enum class FailReason { queue_full, queue_timeout, connect_failed, shutdown };

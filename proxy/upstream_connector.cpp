@@ -1,5 +1,7 @@
 #include "upstream_connector.hpp"
 
+#include <algorithm>
+
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
@@ -15,16 +17,6 @@ namespace {
 
 constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
 using tcp = asio::ip::tcp;
-
-// h2 is spoken from the HTTP/2 issue on; until then only http/1.1 is offered.
-std::vector<std::string> offered_protocols(const std::vector<std::string>& configured) {
-  std::vector<std::string> out;
-  for (const auto& p : configured) {
-    if (p == "http/1.1") out.push_back(p);
-  }
-  if (out.empty()) out.push_back("http/1.1");
-  return out;
-}
 
 }  // namespace
 
@@ -105,7 +97,7 @@ asio::awaitable<ConnectOutcome> connect_upstream(asio::any_io_executor ex, const
       out.detail = why;
       co_return out;
     }
-    auto wire = alpn_wire(offered_protocols(origin.protocols));
+    auto wire = alpn_wire(origin.protocols);
     SSL_set_alpn_protos(ssl, reinterpret_cast<const unsigned char*>(wire.data()),
                         static_cast<unsigned>(wire.size()));
     auto [hec] =
@@ -125,7 +117,10 @@ asio::awaitable<ConnectOutcome> connect_upstream(asio::any_io_executor ex, const
     unsigned sel_len = 0;
     SSL_get0_alpn_selected(ssl, &sel, &sel_len);
     if (sel_len > 0) protocol.assign(reinterpret_cast<const char*>(sel), sel_len);
-    if (protocol != "http/1.1") {
+    // A server without ALPN speaks HTTP/1.1 (RFC 7301 §3.2); anything we did not
+    // offer is a broken server.
+    if (std::find(origin.protocols.begin(), origin.protocols.end(), protocol) ==
+        origin.protocols.end()) {
       out.error = errc::tls_failed;
       out.detail = "server selected unsupported ALPN protocol " + protocol;
       co_return out;

@@ -71,6 +71,8 @@ class UpstreamConn {
   uint64_t id() const noexcept { return id_; }
   const std::string& protocol() const noexcept { return protocol_; }  // ALPN result
   UpstreamStream& stream() noexcept { return *stream_; }
+  // The ALPN said h2: the transport moves to an H2Conn and this object is spent.
+  std::unique_ptr<UpstreamStream> take_stream() noexcept { return std::move(stream_); }
 
   // --- one HTTP/1.1 exchange at a time ---
   // Starts a new exchange: takes the prepared request header. If body_follows, the

@@ -329,7 +329,6 @@ class BasicTest(UpkeepTestCase):
         self.assertIn("protocol", rec)
 
     # -- upstream protocol selection --------------------------------------------------
-    @unittest.skip("HTTP/2 upstreams are the open HTTP/2 issue; upkeep offers only http/1.1 today")
     def test_h2_preferred_then_http11_only(self):
         up = self.upkeep()
         self.assertEqual(self.fetch(up, "GET", "http://origin.test/1k").status, 200)

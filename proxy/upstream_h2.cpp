@@ -1,0 +1,536 @@
+#include "upstream_h2.hpp"
+
+#include <algorithm>
+#include <cstring>
+
+#include <nghttp2/nghttp2.h>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+
+#include "log.hpp"
+#include "text.hpp"
+
+namespace upkeep {
+namespace {
+
+constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
+// Per-stream receive window: the most a stream buffers for a client that does not
+// read. Big enough for full speed on loopback and LAN paths.
+constexpr int32_t kStreamWindow = 256 * 1024;
+// The connection window covers many streams' buffers, so one slow stream never
+// starves the others.
+constexpr int32_t kConnWindow = 16 * 1024 * 1024;
+constexpr std::size_t kReadChunk = 64 * 1024;
+constexpr std::size_t kWriteBatch = 64 * 1024;
+// Upload bytes a stream accepts ahead of what DATA frames have taken.
+constexpr std::size_t kUploadBuffer = 64 * 1024;
+
+template <class Op, class... Args>
+void complete(std::optional<Op>& op, Args&&... args) {
+  Op o = std::move(*op);
+  op.reset();
+  asio::post(o.ex, [h = std::move(o.h), ... a = std::forward<Args>(args)]() mutable {
+    std::move(h)(std::move(a)...);
+  });
+}
+
+}  // namespace
+
+// nghttp2's C callbacks, with access to both classes' internals.
+struct H2Callbacks {
+  static H2Stream* stream_of(nghttp2_session* s, int32_t id) {
+    return static_cast<H2Stream*>(nghttp2_session_get_stream_user_data(s, id));
+  }
+
+  static int on_header(nghttp2_session* session, const nghttp2_frame* frame, const uint8_t* name,
+                       size_t namelen, const uint8_t* value, size_t valuelen, uint8_t /*flags*/,
+                       void* /*user*/) {
+    if (frame->hd.type != NGHTTP2_HEADERS) return 0;
+    auto* st = stream_of(session, frame->hd.stream_id);
+    if (!st || st->cancelled_) return 0;
+    std::string_view n(reinterpret_cast<const char*>(name), namelen);
+    std::string_view v(reinterpret_cast<const char*>(value), valuelen);
+    if (st->final_head_) {  // a HEADERS frame after the final head carries trailers
+      if (!n.empty() && n.front() != ':') st->trailers_.push_back({std::string(n), std::string(v)});
+      return 0;
+    }
+    if (n == ":status") {
+      int code = 0;
+      for (char c : v) {
+        if (c < '0' || c > '9') return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+        code = code * 10 + (c - '0');
+      }
+      st->status_ = code;
+    } else if (!n.empty() && n.front() != ':') {
+      st->fields_.push_back({std::string(n), std::string(v)});
+    }
+    return 0;
+  }
+
+  static int on_frame_recv(nghttp2_session* session, const nghttp2_frame* frame, void* user) {
+    auto& c = *static_cast<H2Conn*>(user);
+    switch (frame->hd.type) {
+      case NGHTTP2_HEADERS: {
+        auto* st = stream_of(session, frame->hd.stream_id);
+        if (!st || st->cancelled_) return 0;
+        st->got_response_ = true;
+        if (!st->final_head_ && st->status_ >= 100) {
+          http::response_header<> h;
+          h.version(11);
+          h.result(static_cast<unsigned>(st->status_));
+          for (auto& f : st->fields_)
+            h.insert(f.name, f.value);
+          st->fields_.clear();
+          if (st->status_ >= 200) st->final_head_ = true;
+          st->heads_.push_back(std::move(h));
+          st->status_ = 0;
+        }
+        if (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) st->eof_ = true;
+        st->progress();
+        return 0;
+      }
+      case NGHTTP2_DATA: {
+        auto* st = stream_of(session, frame->hd.stream_id);
+        if (!st || st->cancelled_) return 0;
+        if (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) {
+          st->eof_ = true;
+          st->progress();
+        }
+        return 0;
+      }
+      case NGHTTP2_SETTINGS:
+        if (!(frame->hd.flags & NGHTTP2_FLAG_ACK) && c.events_.capacity) {
+          auto remote =
+              nghttp2_session_get_remote_settings(session, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
+          c.events_.capacity(std::max<std::size_t>(
+              1, std::min<std::size_t>(remote, c.settings_.max_concurrent_streams)));
+        }
+        return 0;
+      case NGHTTP2_GOAWAY:
+        if (!c.goaway_) {
+          c.goaway_ = true;
+          log::debug("upstream GOAWAY",
+                     {{"conn", std::to_string(c.id_)},
+                      {"last_stream", std::to_string(frame->goaway.last_stream_id)},
+                      {"code", std::to_string(frame->goaway.error_code)}});
+          if (c.events_.goaway) c.events_.goaway();
+        }
+        return 0;
+      case NGHTTP2_PING:
+        if (frame->hd.flags & NGHTTP2_FLAG_ACK) c.ping_acked_ = true;
+        return 0;
+      default:
+        return 0;
+    }
+  }
+
+  static int on_data_chunk(nghttp2_session* session, uint8_t /*flags*/, int32_t stream_id,
+                           const uint8_t* data, size_t len, void* /*user*/) {
+    auto* st = stream_of(session, stream_id);
+    if (!st || st->cancelled_) {
+      // Nobody will take these bytes: give the window back now.
+      nghttp2_session_consume(session, stream_id, len);
+      return 0;
+    }
+    if (st->roff_ == st->rbuf_.size()) {
+      st->rbuf_.clear();
+      st->roff_ = 0;
+    }
+    st->rbuf_.append(reinterpret_cast<const char*>(data), len);
+    st->got_response_ = true;
+    st->progress();
+    return 0;
+  }
+
+  static int on_stream_close(nghttp2_session* session, int32_t stream_id, uint32_t code,
+                             void* user) {
+    auto& c = *static_cast<H2Conn*>(user);
+    auto* st = stream_of(session, stream_id);
+    if (!st) return 0;
+    if (!st->eof_ || code != NGHTTP2_NO_ERROR) {
+      // RFC 9113 §8.7: REFUSED_STREAM means nothing of the request was processed.
+      st->close_outcome_ =
+          (code == NGHTTP2_REFUSED_STREAM && !st->got_response_) || !st->headers_sent_
+              ? H2Outcome::refused
+              : H2Outcome::reset;
+      if (st->eof_ && code == NGHTTP2_NO_ERROR) st->close_outcome_ = H2Outcome::ok;
+    }
+    c.finish_stream(*st);
+    return 0;
+  }
+
+  static int on_frame_send(nghttp2_session* session, const nghttp2_frame* frame, void* /*user*/) {
+    if (frame->hd.type == NGHTTP2_HEADERS) {
+      if (auto* st = stream_of(session, frame->hd.stream_id)) st->headers_sent_ = true;
+    }
+    return 0;
+  }
+
+  static int on_frame_not_send(nghttp2_session* session, const nghttp2_frame* frame,
+                               int /*lib_error*/, void* user) {
+    // A request HEADERS that could not be sent (the server said GOAWAY first): the
+    // server never saw the request.
+    if (frame->hd.type != NGHTTP2_HEADERS) return 0;
+    auto& c = *static_cast<H2Conn*>(user);
+    auto* st = stream_of(session, frame->hd.stream_id);
+    if (!st) return 0;
+    st->close_outcome_ = H2Outcome::refused;
+    c.finish_stream(*st);
+    return 0;
+  }
+
+  static ssize_t read_upload(nghttp2_session* /*session*/, int32_t /*stream_id*/, uint8_t* buf,
+                             size_t length, uint32_t* data_flags, nghttp2_data_source* source,
+                             void* /*user*/) {
+    auto* st = static_cast<H2Stream*>(source->ptr);
+    const std::size_t avail = st->ubuf_.size() - st->uoff_;
+    if (avail == 0 && !st->upload_eof_) {
+      st->upload_deferred_ = true;
+      return NGHTTP2_ERR_DEFERRED;
+    }
+    const std::size_t n = std::min(avail, length);
+    std::memcpy(buf, st->ubuf_.data() + st->uoff_, n);
+    st->uoff_ += n;
+    if (st->uoff_ == st->ubuf_.size()) {
+      st->ubuf_.clear();
+      st->uoff_ = 0;
+      if (st->upload_eof_) *data_flags |= NGHTTP2_DATA_FLAG_EOF;
+    }
+    st->progress();  // room for a waiting write
+    return static_cast<ssize_t>(n);
+  }
+};
+
+// ---------------------------------------------------------------------------------
+// H2Stream
+
+void H2Stream::arm_head_timer(std::chrono::steady_clock::duration timeout) {
+  if (!head_timer_) head_timer_ = std::make_unique<asio::steady_timer>(strand_);
+  head_timer_->expires_after(timeout);
+  head_timer_->async_wait([self = shared_from_this()](error_code ec) {
+    if (ec || !self->head_) return;
+    self->head_timed_out_ = true;
+    self->progress();
+  });
+}
+
+H2Outcome H2Stream::end_outcome() const {
+  if (conn_->dead_ && close_outcome_ == H2Outcome::ok && !closed_) {
+    return headers_sent_ ? H2Outcome::conn_lost : H2Outcome::refused;
+  }
+  return close_outcome_;
+}
+
+void H2Stream::progress() {
+  const bool over = closed_ || conn_->dead_;
+  if (head_) {
+    if (!heads_.empty()) {
+      if (head_timer_) head_timer_->cancel();
+      H2Head r;
+      r.got_response_bytes = true;
+      r.head = std::move(heads_.front());
+      heads_.pop_front();
+      complete(head_, std::move(r));
+    } else if (over || head_timed_out_) {
+      if (head_timer_) head_timer_->cancel();
+      H2Head r;
+      r.outcome = head_timed_out_ && !over ? H2Outcome::timeout : end_outcome();
+      if (r.outcome == H2Outcome::ok) r.outcome = H2Outcome::reset;  // ended without a head
+      r.got_response_bytes = got_response_;
+      head_timed_out_ = false;
+      complete(head_, std::move(r));
+    }
+  }
+  if (read_) {
+    const std::size_t avail = rbuf_.size() - roff_;
+    if (avail > 0) {
+      const std::size_t n = std::min(avail, read_->n);
+      std::memcpy(read_->buf, rbuf_.data() + roff_, n);
+      roff_ += n;
+      if (!conn_->dead_) {
+        nghttp2_session_consume(conn_->session_, id_, n);
+        conn_->kick();
+      }
+      const bool eof = eof_ && roff_ == rbuf_.size();
+      complete(read_, H2Read{H2Outcome::ok, n, eof});
+    } else if (eof_) {
+      complete(read_, H2Read{H2Outcome::ok, 0, true});
+    } else if (over) {
+      auto o = end_outcome();
+      complete(read_, H2Read{o == H2Outcome::ok ? H2Outcome::reset : o, 0, false});
+    }
+  }
+  if (write_) {
+    if (over && !(closed_ && close_outcome_ == H2Outcome::ok)) {
+      auto o = end_outcome();
+      complete(write_, o == H2Outcome::ok ? H2Outcome::reset : o);
+    } else if (closed_ || ubuf_.size() - uoff_ < kUploadBuffer) {
+      // A server may answer and end the stream before taking the whole body; the
+      // remaining bytes have nowhere to go and are dropped.
+      if (!closed_) {
+        if (uoff_ == ubuf_.size()) {
+          ubuf_.clear();
+          uoff_ = 0;
+        }
+        ubuf_.append(write_->data, write_->n);
+        if (write_->last) upload_eof_ = true;
+        if (upload_deferred_) {
+          upload_deferred_ = false;
+          nghttp2_session_resume_data(conn_->session_, id_);
+          conn_->kick();
+        }
+      }
+      complete(write_, H2Outcome::ok);
+    }
+  }
+}
+
+void H2Stream::cancel() {
+  asio::post(strand_, [self = shared_from_this()]() {
+    if (self->cancelled_) return;
+    self->cancelled_ = true;
+    self->head_.reset();
+    self->read_.reset();
+    self->write_.reset();
+    if (self->head_timer_) self->head_timer_->cancel();
+    auto& c = *self->conn_;
+    if (c.dead_) return;
+    // Bytes buffered but never taken still count against the connection window.
+    const std::size_t unread = self->rbuf_.size() - self->roff_;
+    self->rbuf_.clear();
+    self->roff_ = 0;
+    if (unread) nghttp2_session_consume_connection(c.session_, unread);
+    if (!self->closed_ && self->id_ > 0) {
+      nghttp2_submit_rst_stream(c.session_, NGHTTP2_FLAG_NONE, self->id_, NGHTTP2_CANCEL);
+    }
+    c.kick();
+  });
+}
+
+// ---------------------------------------------------------------------------------
+// H2Conn
+
+H2Conn::H2Conn(asio::io_context::executor_type ex, uint64_t id,
+               std::unique_ptr<UpstreamStream> stream, const UpstreamSettings& settings)
+    : strand_(asio::make_strand(ex)),
+      id_(id),
+      stream_(std::move(stream)),
+      settings_(settings),
+      wake_(strand_),
+      ping_timer_(strand_) {
+  nghttp2_session_callbacks* cbs = nullptr;
+  nghttp2_session_callbacks_new(&cbs);
+  nghttp2_session_callbacks_set_on_header_callback(cbs, &H2Callbacks::on_header);
+  nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, &H2Callbacks::on_frame_recv);
+  nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, &H2Callbacks::on_data_chunk);
+  nghttp2_session_callbacks_set_on_stream_close_callback(cbs, &H2Callbacks::on_stream_close);
+  nghttp2_session_callbacks_set_on_frame_send_callback(cbs, &H2Callbacks::on_frame_send);
+  nghttp2_session_callbacks_set_on_frame_not_send_callback(cbs, &H2Callbacks::on_frame_not_send);
+  nghttp2_option* opt = nullptr;
+  nghttp2_option_new(&opt);
+  nghttp2_option_set_no_auto_window_update(opt, 1);
+  // RFC 9113 §6.5.2: until the server's SETTINGS arrive, at most min(100, config).
+  nghttp2_option_set_peer_max_concurrent_streams(opt, static_cast<uint32_t>(initial_capacity()));
+  nghttp2_session_client_new2(&session_, cbs, this, opt);
+  nghttp2_option_del(opt);
+  nghttp2_session_callbacks_del(cbs);
+}
+
+H2Conn::~H2Conn() {
+  if (session_) nghttp2_session_del(session_);
+}
+
+std::size_t H2Conn::initial_capacity() const noexcept {
+  return std::min<std::size_t>(100, settings_.max_concurrent_streams);
+}
+
+void H2Conn::start(Events events) {
+  asio::dispatch(strand_, [self = shared_from_this(), events = std::move(events)]() mutable {
+    self->events_ = std::move(events);
+    nghttp2_settings_entry iv[] = {
+        {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
+        {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, static_cast<uint32_t>(kStreamWindow)},
+        {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, 0},  // no pushed streams either
+    };
+    nghttp2_submit_settings(self->session_, NGHTTP2_FLAG_NONE, iv, std::size(iv));
+    nghttp2_session_set_local_window_size(self->session_, NGHTTP2_FLAG_NONE, 0, kConnWindow);
+    asio::co_spawn(self->strand_, self->reader(self), asio::detached);
+    asio::co_spawn(self->strand_, self->writer(self), asio::detached);
+    if (self->settings_.ping_interval.count() > 0) {
+      asio::co_spawn(self->strand_, self->pinger(self), asio::detached);
+    }
+  });
+}
+
+std::shared_ptr<H2Stream> H2Conn::open(std::vector<H2Field> fields, bool body_follows) {
+  auto st = std::make_shared<H2Stream>(shared_from_this(), strand_);
+  asio::dispatch(
+      strand_, [self = shared_from_this(), st, fields = std::move(fields), body_follows]() mutable {
+        self->submit(st, std::move(fields), body_follows);
+      });
+  return st;
+}
+
+void H2Conn::submit(const std::shared_ptr<H2Stream>& st, std::vector<H2Field> fields,
+                    bool body_follows) {
+  if (dead_ || closing_) {
+    st->closed_ = true;
+    st->close_outcome_ = H2Outcome::refused;
+    return;
+  }
+  std::vector<nghttp2_nv> nva;
+  nva.reserve(fields.size());
+  for (auto& f : fields) {
+    nva.push_back({reinterpret_cast<uint8_t*>(f.name.data()),
+                   reinterpret_cast<uint8_t*>(f.value.data()), f.name.size(), f.value.size(),
+                   NGHTTP2_NV_FLAG_NONE});
+  }
+  nghttp2_data_provider prd{};
+  prd.source.ptr = st.get();
+  prd.read_callback = &H2Callbacks::read_upload;
+  int32_t id = nghttp2_submit_request(session_, nullptr, nva.data(), nva.size(),
+                                      body_follows ? &prd : nullptr, st.get());
+  if (id < 0) {
+    st->closed_ = true;
+    st->close_outcome_ = H2Outcome::refused;
+    return;
+  }
+  st->id_ = id;
+  streams_.emplace(id, st);
+  kick();
+}
+
+void H2Conn::finish_stream(H2Stream& s) {
+  if (s.closed_) return;
+  s.closed_ = true;
+  if (s.cancelled_) {
+    const std::size_t unread = s.rbuf_.size() - s.roff_;
+    if (unread && !dead_) nghttp2_session_consume_connection(session_, unread);
+  }
+  s.progress();
+  if (s.id_ > 0) {
+    nghttp2_session_set_stream_user_data(session_, s.id_, nullptr);
+    streams_.erase(s.id_);  // may drop the last owner but the caller's reference
+  }
+}
+
+void H2Conn::close() {
+  asio::dispatch(strand_, [self = shared_from_this()]() {
+    if (self->dead_ || self->closing_) return;
+    self->closing_ = true;
+    nghttp2_session_terminate_session(self->session_, NGHTTP2_NO_ERROR);
+    self->kick();
+  });
+}
+
+void H2Conn::kick() {
+  if (writer_waiting_) wake_.cancel();
+}
+
+void H2Conn::fail(pool::CloseReason reason) {
+  if (dead_) return;
+  dead_ = true;
+  error_code ignored;
+  stream_->tcp().socket().shutdown(asio::ip::tcp::socket::shutdown_both, ignored);
+  stream_->tcp().socket().close(ignored);
+  wake_.cancel();
+  ping_timer_.cancel();
+  auto streams = std::move(streams_);
+  streams_.clear();
+  for (auto& [id, st] : streams)
+    st->progress();
+  if (events_.closed) {
+    auto cb = std::move(events_.closed);
+    events_ = {};
+    cb(goaway_ && reason == pool::CloseReason::server_closed ? pool::CloseReason::goaway : reason);
+  }
+}
+
+asio::awaitable<void> H2Conn::reader(std::shared_ptr<H2Conn> self) {
+  auto buf = std::make_unique_for_overwrite<uint8_t[]>(kReadChunk);
+  while (!dead_) {
+    auto [ec, n] =
+        co_await stream_->async_read_some(asio::buffer(buf.get(), kReadChunk), use_tuple);
+    if (dead_) co_return;
+    if (ec) {
+      fail(closing_ || ec == asio::error::eof || ec == asio::ssl::error::stream_truncated
+               ? pool::CloseReason::server_closed
+               : pool::CloseReason::error);
+      co_return;
+    }
+    auto rv = nghttp2_session_mem_recv(session_, buf.get(), n);
+    if (rv < 0) {
+      log::warn("upstream HTTP/2 protocol error",
+                {{"conn", std::to_string(id_)},
+                 {"detail", quoted(nghttp2_strerror(static_cast<int>(rv)))}});
+      fail(pool::CloseReason::error);
+      co_return;
+    }
+    kick();
+  }
+  (void)self;
+}
+
+asio::awaitable<void> H2Conn::writer(std::shared_ptr<H2Conn> self) {
+  while (!dead_) {
+    out_.clear();
+    while (out_.size() < kWriteBatch) {
+      const uint8_t* data = nullptr;
+      auto n = nghttp2_session_mem_send(session_, &data);
+      if (n < 0) {
+        fail(pool::CloseReason::error);
+        co_return;
+      }
+      if (n == 0) break;
+      out_.append(reinterpret_cast<const char*>(data), static_cast<std::size_t>(n));
+    }
+    if (out_.empty()) {
+      if (!nghttp2_session_want_read(session_) && !nghttp2_session_want_write(session_)) {
+        // Both sides said GOAWAY and no stream is left.
+        fail(goaway_ ? pool::CloseReason::goaway : pool::CloseReason::shutdown);
+        co_return;
+      }
+      wake_.expires_at(asio::steady_timer::time_point::max());
+      writer_waiting_ = true;
+      co_await wake_.async_wait(use_tuple);
+      writer_waiting_ = false;
+      continue;
+    }
+    auto [ec, n] = co_await asio::async_write(*stream_, asio::buffer(out_), use_tuple);
+    if (ec) {
+      fail(pool::CloseReason::error);
+      co_return;
+    }
+  }
+  (void)self;
+}
+
+// PINGs an idle connection every ping_interval; an ACK later than ping_timeout
+// means the path or the server is gone, and the connection leaves the pool before a
+// request finds out the slow way.
+asio::awaitable<void> H2Conn::pinger(std::shared_ptr<H2Conn> self) {
+  while (!dead_) {
+    ping_timer_.expires_after(settings_.ping_interval);
+    co_await ping_timer_.async_wait(use_tuple);
+    if (dead_ || closing_) co_return;
+    if (!streams_.empty()) continue;
+    ping_acked_ = false;
+    nghttp2_submit_ping(session_, NGHTTP2_FLAG_NONE, nullptr);
+    kick();
+    ping_timer_.expires_after(settings_.ping_timeout);
+    co_await ping_timer_.async_wait(use_tuple);
+    if (dead_ || closing_) co_return;
+    if (!ping_acked_) {
+      log::info("upstream HTTP/2 PING unanswered; closing", {{"conn", std::to_string(id_)}});
+      fail(pool::CloseReason::ping_timeout);
+      co_return;
+    }
+  }
+  (void)self;
+}
+
+}  // namespace upkeep
