@@ -3,6 +3,7 @@
 #include <array>
 #include <string>
 #include <tuple>
+#include <utility>
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -51,6 +52,9 @@ enum class H2Attempt {
 // Upload bytes taken from the client are kept (up to a cap) so a stream the server
 // refused can be sent again in full, even a POST (RFC 9113 §8.7).
 constexpr std::size_t kReplayKeep = 64 * 1024;
+// A request whose streams keep being refused (each GOAWAY'd connection taking a
+// few) is replayed up to this often, and never for longer than queue.timeout.
+constexpr int kMaxReplays = 100;
 
 class ClientSession;
 
@@ -73,6 +77,15 @@ struct H2Exchange {
   bool sent_continue = false;  // we answered Expect: 100-continue ourselves
   std::string kept;            // upload bytes read from the client so far
   bool kept_all = true;        // false once they outgrew kReplayKeep
+  // Per attempt: the two halves of a full-duplex exchange tell each other.
+  BodyResult upload = BodyResult::ok;  // how reading the client's body went
+  bool upload_over = false;            // the upload half has finished
+  bool response_over = false;          // the response half has finished
+  bool response_started = false;       // a response byte went to the client
+  std::shared_ptr<H2Conn> leased;      // the attempt's connection until released
+  void release_stream() {
+    if (leased) pool->release(std::exchange(leased, nullptr));
+  }
 };
 
 class ClientSession : public std::enable_shared_from_this<ClientSession> {
@@ -98,6 +111,8 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   asio::awaitable<std::tuple<BodyResult, std::size_t, bool>> read_client_chunk(
       RequestParser& parser);
   asio::awaitable<H2Attempt> exchange_h2(H2Exchange& x, std::shared_ptr<H2Conn> h2);
+  asio::awaitable<void> upload_h2(H2Exchange& x, std::shared_ptr<H2Stream> st);
+  asio::awaitable<H2Attempt> respond_h2(H2Exchange& x, std::shared_ptr<H2Stream> st);
   asio::awaitable<void> drain(std::shared_ptr<ConnectionPool> pool,
                               std::shared_ptr<UpstreamConn> conn, const UpstreamSettings& s);
   asio::awaitable<bool> send_interim(const http::response_header<>& h);
@@ -115,6 +130,12 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   char* body_buf() {
     if (!body_buf_) body_buf_ = std::make_unique_for_overwrite<char[]>(kBodyChunk);
     return body_buf_.get();
+  }
+  // The response half of a full-duplex HTTP/2 exchange, while body_buf() uploads.
+  std::unique_ptr<char[]> resp_buf_;
+  char* resp_buf() {
+    if (!resp_buf_) resp_buf_ = std::make_unique_for_overwrite<char[]>(kBodyChunk);
+    return resp_buf_.get();
   }
 };
 
@@ -158,6 +179,7 @@ asio::awaitable<void> ClientSession::run() {
     if (buffer_.size() == 0) {
       if (rt_->draining.load()) co_return;
       body_buf_.reset();
+      resp_buf_.reset();
       buffer_.shrink_to_fit();
       stream_.expires_after(first ? limits.client_header_timeout : limits.client_idle_timeout);
       idle_ = true;
@@ -281,6 +303,7 @@ asio::awaitable<bool> ClientSession::exchange(RequestParser& parser, const Snaps
   e.origin = om.label;
   bool fresh_only = false;
   int replays = 0;
+  const auto started = std::chrono::steady_clock::now();
   H2Exchange h2x;
   h2x.snap = &snap;
   h2x.d = &d;
@@ -312,7 +335,10 @@ asio::awaitable<bool> ClientSession::exchange(RequestParser& parser, const Snaps
       if (r == H2Attempt::retry_fresh) {
         fresh_only = true;
         metrics::Registry::get().retries.inc();
-      } else if (++replays > 8) {
+      } else if (++replays > kMaxReplays ||
+                 std::chrono::steady_clock::now() - started > s.queue.timeout) {
+        // Refused streams are always safe to send again, but a server that refuses
+        // everything must not keep a request going round forever.
         co_await send_error(errc::upstream_closed, version, has_body, e,
                             "stream refused repeatedly");
         co_return false;
@@ -409,11 +435,19 @@ asio::awaitable<bool> ClientSession::exchange(RequestParser& parser, const Snaps
 
     http::response_serializer<http::buffer_body> sr{down};
     stream_.expires_after(snap.router->config().limits.client_idle_timeout);
+    // The upstream's part is over before the client sees the last byte, so the
+    // connection goes back first: a client that sends its next request the moment
+    // this response ends must find it in the pool, not open another one.
+    auto release_done = [&]() {
+      pool->release(conn, conn->reusable(),
+                    conn->response_until_close() ? pool::CloseReason::server_closed
+                                                 : pool::CloseReason::error,
+                    hint);
+    };
     if (no_body) {
+      release_done();
       auto [wec, wn] = co_await http::async_write_header(stream_, sr, use_tuple);
       stream_.expires_never();
-      const bool reusable = conn->reusable();
-      pool->release(conn, reusable, pool::CloseReason::error, hint);
       write_access_log(e);
       co_return !wec && !close_client;
     }
@@ -437,6 +471,7 @@ asio::awaitable<bool> ClientSession::exchange(RequestParser& parser, const Snaps
         }
         n = got;
         last = conn->response_done();
+        if (last) release_done();
         // An empty buffer must be passed as null: Beast would emit a zero-size chunk,
         // which is the chunked terminator, and then terminate the body again.
         down.body().data = n ? body_buf() : nullptr;
@@ -451,18 +486,13 @@ asio::awaitable<bool> ClientSession::exchange(RequestParser& parser, const Snaps
         stream_.expires_never();
         e.error = "client_closed";
         write_access_log(e);
-        co_await drain(pool, conn, s);
+        if (!last) co_await drain(pool, conn, s);  // else it is back in the pool already
         co_return false;
       }
       e.bytes += n;
       if (last) break;
     }
     stream_.expires_never();
-    const bool reusable = conn->reusable();
-    pool->release(
-        conn, reusable,
-        conn->response_until_close() ? pool::CloseReason::server_closed : pool::CloseReason::error,
-        hint);
     write_access_log(e);
     co_return !close_client;
   }
@@ -592,27 +622,34 @@ std::string serialize_head(const http::response_header<>& h, unsigned version) {
 }
 
 asio::awaitable<H2Attempt> ClientSession::exchange_h2(H2Exchange& x, std::shared_ptr<H2Conn> h2) {
+  using namespace asio::experimental::awaitable_operators;
   auto& e = *x.e;
   auto& pool = *x.pool;
-  auto& parser = *x.parser;
-  const auto& s = *x.d->settings;
   auto& om = pool.metrics();
   e.conn_id = h2->id();
   e.reused = x.reused;
   e.protocol = "h2";
   om.requests_h2.inc();
   if (x.reused) om.reused.inc();
+  x.upload = BodyResult::ok;
+  x.upload_over = !x.has_body;
+  x.response_over = false;
+  x.response_started = false;
 
   auto st = h2->open(h2_request_fields(*x.up, x.d->origin.tls, x.d->path), x.has_body);
-  // Every way out gives the stream back to the pool exactly once.
+  // Every way out gives the stream back to the pool exactly once; respond_h2 does it
+  // as soon as the origin's part is over (see the HTTP/1.1 path for why).
+  x.leased = h2;
   struct Release {
-    ConnectionPool& pool;
-    std::shared_ptr<H2Conn> h2;
-    ~Release() { pool.release(h2); }
-  } release{pool, h2};
+    H2Exchange& x;
+    ~Release() { x.release_stream(); }
+  } release{x};
 
-  bool upload_done = !x.has_body;
-  if (x.has_body) {
+  H2Attempt r;
+  if (!x.has_body) {
+    st->start_response_timer(x.d->settings->response_timeout);
+    r = co_await respond_h2(x, st);
+  } else {
     if (x.expect_continue && !x.sent_continue && x.version >= 11) {
       // The body goes up as DATA at once; tell the client to send it now rather
       // than after its own Expect timeout.
@@ -624,47 +661,95 @@ asio::awaitable<H2Attempt> ClientSession::exchange_h2(H2Exchange& x, std::shared
       }
       x.sent_continue = true;
     }
-    H2Outcome wo = H2Outcome::ok;
-    if (!x.kept.empty() || parser.is_done()) {
-      // A replay: what the client already sent goes first.
-      wo = co_await st->async_write_body(x.kept.data(), x.kept.size(), parser.is_done(),
-                                         asio::use_awaitable);
-    }
-    while (wo == H2Outcome::ok && !parser.is_done()) {
-      auto [r, got, last] = co_await read_client_chunk(parser);
-      if (r != BodyResult::ok) {
-        // RFC 9113 §8.1: an incomplete request is reset, and only this stream.
-        st->cancel();
-        if (r == BodyResult::client_malformed) {
-          co_await send_error(errc::bad_request, x.version, true, e,
-                              "invalid request body framing");
-        } else {
-          e.error = "client_closed";
-          write_access_log(e);
-        }
-        co_return H2Attempt::finished_close;
-      }
-      if (x.kept_all) {
-        if (x.kept.size() + got <= kReplayKeep) {
-          x.kept.append(body_buf(), got);
-        } else {
-          x.kept_all = false;
-          std::string().swap(x.kept);
-        }
-      }
-      wo = co_await st->async_write_body(body_buf(), got, last, asio::use_awaitable);
-    }
-    upload_done = parser.is_done();
+    // Full duplex (RFC 9113 §8.1): the response may begin, even end, before the
+    // request body does; an origin that echoes would otherwise stall on its
+    // flow-control window while we wait to finish the upload.
+    auto both = co_await (upload_h2(x, st) && respond_h2(x, st));
+    r = both;
   }
+  const bool upload_done = x.parser->is_done();
+  if (x.upload == BodyResult::client_malformed && !x.response_started) {
+    co_await send_error(errc::bad_request, x.version, true, e, "invalid request body framing");
+    co_return H2Attempt::finished_close;
+  }
+  if (x.upload != BodyResult::ok) {
+    if (!x.response_started && x.upload == BodyResult::client_failed) {
+      e.error = "client_closed";
+      write_access_log(e);
+    }
+    co_return H2Attempt::finished_close;
+  }
+  if (r == H2Attempt::replay && x.has_body && !x.kept_all) {
+    co_await send_error(errc::upstream_closed, x.version, true, e,
+                        "stream refused after more of the body than upkeep keeps for a replay");
+    co_return H2Attempt::finished_close;
+  }
+  if (r == H2Attempt::finished_keep && !upload_done) co_return H2Attempt::finished_close;
+  co_return r;
+}
+
+// The request body, client to stream; runs beside respond_h2 on the session strand.
+asio::awaitable<void> ClientSession::upload_h2(H2Exchange& x, std::shared_ptr<H2Stream> st) {
+  auto& parser = *x.parser;
+  H2Outcome wo = H2Outcome::ok;
+  if (!x.kept.empty() || parser.is_done()) {
+    // A replay: what the client already sent goes first.
+    wo = co_await st->async_write_body(x.kept.data(), x.kept.size(), parser.is_done(),
+                                       asio::use_awaitable);
+  }
+  while (wo == H2Outcome::ok && !parser.is_done() && !x.response_over) {
+    auto [r, got, last] = co_await read_client_chunk(parser);
+    if (r != BodyResult::ok) {
+      // The response half ended the exchange and stopped this read; or the client
+      // went away mid-body: RFC 9113 §8.1, reset only this stream.
+      if (!x.response_over) {
+        x.upload = r;
+        st->cancel();
+      }
+      break;
+    }
+    if (x.kept_all) {
+      if (x.kept.size() + got <= kReplayKeep) {
+        x.kept.append(body_buf(), got);
+      } else {
+        x.kept_all = false;
+        std::string().swap(x.kept);
+      }
+    }
+    wo = co_await st->async_write_body(body_buf(), got, last, asio::use_awaitable);
+  }
+  if (wo == H2Outcome::ok && parser.is_done()) {
+    st->start_response_timer(x.d->settings->response_timeout);
+  }
+  x.upload_over = true;
+}
+
+// The response, stream to client. Decides the attempt's outcome; exchange_h2 may
+// still overrule it once the upload half is known.
+asio::awaitable<H2Attempt> ClientSession::respond_h2(H2Exchange& x, std::shared_ptr<H2Stream> st) {
+  auto& e = *x.e;
+  struct Over {
+    H2Exchange& x;
+    ClientSession& self;
+    ~Over() {
+      x.response_over = true;
+      // An upload still reading from the client has nowhere to go now.
+      if (!x.upload_over) {
+        error_code ignored;
+        self.stream_.socket().cancel(ignored);
+      }
+    }
+  } over{x, *this};
 
   // Response head, relaying 1xx to HTTP/1.1 clients (RFC 9110 §15.2).
   H2Head hd;
   for (;;) {
-    hd = co_await st->async_read_head(s.response_timeout, asio::use_awaitable);
+    hd = co_await st->async_read_head(asio::use_awaitable);
     if (hd.outcome != H2Outcome::ok) break;
     const unsigned status = hd.head.result_int();
     if (status >= 200) break;
     if (status == 101 || (status == 100 && x.sent_continue) || x.version < 11) continue;
+    x.response_started = true;
     if (!co_await send_interim(hd.head)) {
       st->cancel();
       co_return H2Attempt::finished_close;
@@ -672,7 +757,8 @@ asio::awaitable<H2Attempt> ClientSession::exchange_h2(H2Exchange& x, std::shared
   }
   if (hd.outcome != H2Outcome::ok) {
     st->cancel();
-    if (hd.outcome == H2Outcome::refused && (!x.has_body || x.kept_all)) {
+    if (x.upload != BodyResult::ok) co_return H2Attempt::finished_close;  // exchange_h2 answers
+    if (hd.outcome == H2Outcome::refused) {
       log::debug("stream refused; sending it again", {{"origin", e.origin}, {"url", e.url}});
       co_return H2Attempt::replay;
     }
@@ -683,6 +769,8 @@ asio::awaitable<H2Attempt> ClientSession::exchange_h2(H2Exchange& x, std::shared
     const errc err = hd.outcome == H2Outcome::timeout ? errc::response_timeout
                      : hd.got_response_bytes          ? errc::upstream_protocol
                                                       : errc::upstream_closed;
+    x.response_started = true;
+    const bool upload_done = x.parser->is_done();
     co_await send_error(err, x.version, !upload_done, e,
                         hd.outcome == H2Outcome::reset ? "stream reset by the origin" : "");
     co_return upload_done&& x.client_keep_alive ? H2Attempt::finished_keep
@@ -693,12 +781,15 @@ asio::awaitable<H2Attempt> ClientSession::exchange_h2(H2Exchange& x, std::shared
   const unsigned status = rh.result_int();
   const bool no_body = x.head || status == 204 || status == 304;
   const bool has_length = rh.count(http::field::content_length) != 0;
-  bool close_client = !x.client_keep_alive || !upload_done || rt_->draining.load();
+  // A response that starts before the upload ends closes the client connection: the
+  // rest of the request body would otherwise be read as the next request.
+  bool close_client = !x.client_keep_alive || !x.parser->is_done() || rt_->draining.load();
   if (!no_body && !has_length && x.version < 11) close_client = true;
   prepare_downstream_response(rh, x.version, !close_client);
   const bool chunked = !no_body && !has_length && x.version >= 11;
   if (chunked) rh.set(http::field::transfer_encoding, "chunked");
   e.status = static_cast<int>(status);
+  x.response_started = true;
 
   const auto client_timeout = x.snap->router->config().limits.client_idle_timeout;
   auto client_gone = [&]() {
@@ -711,11 +802,13 @@ asio::awaitable<H2Attempt> ClientSession::exchange_h2(H2Exchange& x, std::shared
   // The head goes out on its own, so a slow or streamed body does not hold it back.
   std::string head_text = serialize_head(rh, x.version);
   stream_.expires_after(client_timeout);
+  if (no_body) x.release_stream();
   if (auto [wec, wn] = co_await asio::async_write(stream_, asio::buffer(head_text), use_tuple); wec)
     co_return client_gone();
   if (!no_body) {
+    char* buf = x.has_body ? resp_buf() : body_buf();
     for (;;) {
-      auto rd = co_await st->async_read_body(body_buf(), kBodyChunk, asio::use_awaitable);
+      auto rd = co_await st->async_read_body(buf, kBodyChunk, asio::use_awaitable);
       if (rd.outcome != H2Outcome::ok) {
         // Cut short upstream: the client can only learn it from the connection
         // closing before the framing completes.
@@ -724,15 +817,16 @@ asio::awaitable<H2Attempt> ClientSession::exchange_h2(H2Exchange& x, std::shared
         write_access_log(e);
         co_return H2Attempt::finished_close;
       }
+      if (rd.eof) x.release_stream();
       char size_line[24];
       std::string tail;
-      std::array<asio::const_buffer, 3> bufs;
+      std::array<asio::const_buffer, 3> bufs;  // unused entries stay empty
       std::size_t nb = 0;
       if (chunked && rd.n > 0) {
         int len = std::snprintf(size_line, sizeof size_line, "%zx\r\n", rd.n);
         bufs[nb++] = asio::buffer(size_line, static_cast<std::size_t>(len));
       }
-      if (rd.n > 0) bufs[nb++] = asio::buffer(body_buf(), rd.n);
+      if (rd.n > 0) bufs[nb++] = asio::buffer(buf, rd.n);
       if (chunked) {
         if (rd.n > 0) tail = "\r\n";
         if (rd.eof) {
@@ -749,7 +843,7 @@ asio::awaitable<H2Attempt> ClientSession::exchange_h2(H2Exchange& x, std::shared
       }
       if (nb > 0) {
         stream_.expires_after(client_timeout);
-        auto [wec, wn] = co_await asio::async_write(stream_, bufs, use_tuple);  // unused: empty
+        auto [wec, wn] = co_await asio::async_write(stream_, bufs, use_tuple);
         if (wec) co_return client_gone();
       }
       e.bytes += rd.n;

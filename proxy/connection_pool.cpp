@@ -194,7 +194,7 @@ void ConnectionPool::on_connected(pool::ConnId id, ConnectOutcome outcome) {
     core_.connect_failed(id, now, actions);
   } else if (outcome.conn->protocol() == "h2") {
     m_.opened.inc();
-    adopt_h2(id, std::move(outcome.conn), actions);
+    adopt_h2(id, std::move(outcome.conn));
   } else {
     outcome.conn->pool_id = id;
     conns_.emplace(id, Pooled{outcome.conn, nullptr});
@@ -209,8 +209,7 @@ void ConnectionPool::on_connected(pool::ConnId id, ConnectOutcome outcome) {
 
 // The server chose h2: the handshaken transport moves into an H2Conn on its own
 // strand. Its events come back here by post, so the core is only touched on ours.
-void ConnectionPool::adopt_h2(pool::ConnId id, std::shared_ptr<UpstreamConn> handshaken,
-                              pool::Actions& actions) {
+void ConnectionPool::adopt_h2(pool::ConnId id, std::shared_ptr<UpstreamConn> handshaken) {
   auto h2 = std::make_shared<H2Conn>(ioex_, handshaken->id(), handshaken->take_stream(), settings_);
   h2->pool_id = id;
   conns_.emplace(id, Pooled{nullptr, h2});
@@ -221,6 +220,13 @@ void ConnectionPool::adopt_h2(pool::ConnId id, std::shared_ptr<UpstreamConn> han
     if (auto self = weak.lock()) asio::post(strand_, [self, f = std::move(f)]() mutable { f(); });
   };
   H2Conn::Events ev;
+  ev.ready = [on_pool, this, id](std::size_t n) {
+    on_pool([this, id, n]() {
+      pool::Actions acts;
+      core_.connected(id, n, std::chrono::steady_clock::now(), acts);
+      run(acts);
+    });
+  };
   ev.capacity = [on_pool, this, id](std::size_t n) {
     on_pool([this, id, n]() {
       pool::Actions acts;
@@ -247,7 +253,7 @@ void ConnectionPool::adopt_h2(pool::ConnId id, std::shared_ptr<UpstreamConn> han
     });
   };
   h2->start(std::move(ev));
-  core_.connected(id, h2->initial_capacity(), std::chrono::steady_clock::now(), actions);
+  // core_.connected() waits for the server's SETTINGS (Events::ready).
 }
 
 // An idle pooled connection keeps a readiness wait on its raw socket: a FIN, an RST

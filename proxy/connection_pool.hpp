@@ -97,7 +97,7 @@ class ConnectionPool : public std::enable_shared_from_this<ConnectionPool> {
   void complete(pool::WaiterId w, Lease lease);
   void watch_idle(pool::ConnId id);
   void close_conn(pool::ConnId id, pool::CloseReason reason, uint64_t requests);
-  void adopt_h2(pool::ConnId id, std::shared_ptr<UpstreamConn> handshaken, pool::Actions& actions);
+  void adopt_h2(pool::ConnId id, std::shared_ptr<UpstreamConn> handshaken);
   void release_id(pool::ConnId id, bool reusable, pool::CloseReason reason,
                   std::optional<std::chrono::steady_clock::duration> idle_hint);
   void arm_timer();

@@ -19,8 +19,10 @@ namespace {
 
 constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
 // Per-stream receive window: the most a stream buffers for a client that does not
-// read. Big enough for full speed on loopback and LAN paths.
-constexpr int32_t kStreamWindow = 256 * 1024;
+// read, and the most an abandoned response makes the origin send before the
+// RST_STREAM lands. 64 KiB (nghttpx's default too) still fills loopback and LAN
+// paths, as the consumed half is acknowledged while the client reads the rest.
+constexpr int32_t kStreamWindow = 64 * 1024;
 // The connection window covers many streams' buffers, so one slow stream never
 // starves the others.
 constexpr int32_t kConnWindow = 16 * 1024 * 1024;
@@ -42,15 +44,19 @@ void complete(std::optional<Op>& op, Args&&... args) {
 
 // nghttp2's C callbacks, with access to both classes' internals.
 struct H2Callbacks {
-  static H2Stream* stream_of(nghttp2_session* s, int32_t id) {
-    return static_cast<H2Stream*>(nghttp2_session_get_stream_user_data(s, id));
+  // By our own map, not nghttp2's stream user data: a request still queued behind
+  // the concurrency limit has no nghttp2 stream yet, but can already be refused.
+  static H2Stream* stream_of(void* user, int32_t id) {
+    auto& m = static_cast<H2Conn*>(user)->streams_;
+    auto it = m.find(id);
+    return it == m.end() ? nullptr : it->second.get();
   }
 
-  static int on_header(nghttp2_session* session, const nghttp2_frame* frame, const uint8_t* name,
-                       size_t namelen, const uint8_t* value, size_t valuelen, uint8_t /*flags*/,
-                       void* /*user*/) {
+  static int on_header(nghttp2_session* /*session*/, const nghttp2_frame* frame,
+                       const uint8_t* name, size_t namelen, const uint8_t* value, size_t valuelen,
+                       uint8_t /*flags*/, void* user) {
     if (frame->hd.type != NGHTTP2_HEADERS) return 0;
-    auto* st = stream_of(session, frame->hd.stream_id);
+    auto* st = stream_of(user, frame->hd.stream_id);
     if (!st || st->cancelled_) return 0;
     std::string_view n(reinterpret_cast<const char*>(name), namelen);
     std::string_view v(reinterpret_cast<const char*>(value), valuelen);
@@ -71,11 +77,11 @@ struct H2Callbacks {
     return 0;
   }
 
-  static int on_frame_recv(nghttp2_session* session, const nghttp2_frame* frame, void* user) {
+  static int on_frame_recv(nghttp2_session* /*session*/, const nghttp2_frame* frame, void* user) {
     auto& c = *static_cast<H2Conn*>(user);
     switch (frame->hd.type) {
       case NGHTTP2_HEADERS: {
-        auto* st = stream_of(session, frame->hd.stream_id);
+        auto* st = stream_of(user, frame->hd.stream_id);
         if (!st || st->cancelled_) return 0;
         st->got_response_ = true;
         if (!st->final_head_ && st->status_ >= 100) {
@@ -94,7 +100,7 @@ struct H2Callbacks {
         return 0;
       }
       case NGHTTP2_DATA: {
-        auto* st = stream_of(session, frame->hd.stream_id);
+        auto* st = stream_of(user, frame->hd.stream_id);
         if (!st || st->cancelled_) return 0;
         if (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) {
           st->eof_ = true;
@@ -103,12 +109,7 @@ struct H2Callbacks {
         return 0;
       }
       case NGHTTP2_SETTINGS:
-        if (!(frame->hd.flags & NGHTTP2_FLAG_ACK) && c.events_.capacity) {
-          auto remote =
-              nghttp2_session_get_remote_settings(session, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
-          c.events_.capacity(std::max<std::size_t>(
-              1, std::min<std::size_t>(remote, c.settings_.max_concurrent_streams)));
-        }
+        if (!(frame->hd.flags & NGHTTP2_FLAG_ACK)) c.on_settings(true);
         return 0;
       case NGHTTP2_GOAWAY:
         if (!c.goaway_) {
@@ -129,8 +130,8 @@ struct H2Callbacks {
   }
 
   static int on_data_chunk(nghttp2_session* session, uint8_t /*flags*/, int32_t stream_id,
-                           const uint8_t* data, size_t len, void* /*user*/) {
-    auto* st = stream_of(session, stream_id);
+                           const uint8_t* data, size_t len, void* user) {
+    auto* st = stream_of(user, stream_id);
     if (!st || st->cancelled_) {
       // Nobody will take these bytes: give the window back now.
       nghttp2_session_consume(session, stream_id, len);
@@ -146,10 +147,10 @@ struct H2Callbacks {
     return 0;
   }
 
-  static int on_stream_close(nghttp2_session* session, int32_t stream_id, uint32_t code,
+  static int on_stream_close(nghttp2_session* /*session*/, int32_t stream_id, uint32_t code,
                              void* user) {
     auto& c = *static_cast<H2Conn*>(user);
-    auto* st = stream_of(session, stream_id);
+    auto* st = stream_of(user, stream_id);
     if (!st) return 0;
     if (!st->eof_ || code != NGHTTP2_NO_ERROR) {
       // RFC 9113 §8.7: REFUSED_STREAM means nothing of the request was processed.
@@ -163,20 +164,20 @@ struct H2Callbacks {
     return 0;
   }
 
-  static int on_frame_send(nghttp2_session* session, const nghttp2_frame* frame, void* /*user*/) {
+  static int on_frame_send(nghttp2_session* /*session*/, const nghttp2_frame* frame, void* user) {
     if (frame->hd.type == NGHTTP2_HEADERS) {
-      if (auto* st = stream_of(session, frame->hd.stream_id)) st->headers_sent_ = true;
+      if (auto* st = stream_of(user, frame->hd.stream_id)) st->headers_sent_ = true;
     }
     return 0;
   }
 
-  static int on_frame_not_send(nghttp2_session* session, const nghttp2_frame* frame,
+  static int on_frame_not_send(nghttp2_session* /*session*/, const nghttp2_frame* frame,
                                int /*lib_error*/, void* user) {
     // A request HEADERS that could not be sent (the server said GOAWAY first): the
     // server never saw the request.
     if (frame->hd.type != NGHTTP2_HEADERS) return 0;
     auto& c = *static_cast<H2Conn*>(user);
-    auto* st = stream_of(session, frame->hd.stream_id);
+    auto* st = stream_of(user, frame->hd.stream_id);
     if (!st) return 0;
     st->close_outcome_ = H2Outcome::refused;
     c.finish_stream(*st);
@@ -208,17 +209,21 @@ struct H2Callbacks {
 // ---------------------------------------------------------------------------------
 // H2Stream
 
-void H2Stream::arm_head_timer(std::chrono::steady_clock::duration timeout) {
-  if (!head_timer_) head_timer_ = std::make_unique<asio::steady_timer>(strand_);
-  head_timer_->expires_after(timeout);
-  head_timer_->async_wait([self = shared_from_this()](error_code ec) {
-    if (ec || !self->head_) return;
-    self->head_timed_out_ = true;
-    self->progress();
+void H2Stream::start_response_timer(std::chrono::steady_clock::duration timeout) {
+  asio::post(strand_, [self = shared_from_this(), timeout]() {
+    if (self->final_head_ || self->closed_ || self->cancelled_) return;
+    if (!self->head_timer_) self->head_timer_ = std::make_unique<asio::steady_timer>(self->strand_);
+    self->head_timer_->expires_after(timeout);
+    self->head_timer_->async_wait([self](error_code ec) {
+      if (ec || self->final_head_) return;
+      self->head_timed_out_ = true;
+      self->progress();
+    });
   });
 }
 
 H2Outcome H2Stream::end_outcome() const {
+  if (cancelled_) return H2Outcome::reset;
   if (conn_->dead_ && close_outcome_ == H2Outcome::ok && !closed_) {
     return headers_sent_ ? H2Outcome::conn_lost : H2Outcome::refused;
   }
@@ -226,10 +231,10 @@ H2Outcome H2Stream::end_outcome() const {
 }
 
 void H2Stream::progress() {
-  const bool over = closed_ || conn_->dead_;
+  const bool over = closed_ || cancelled_ || conn_->dead_;
   if (head_) {
     if (!heads_.empty()) {
-      if (head_timer_) head_timer_->cancel();
+      if (head_timer_ && final_head_) head_timer_->cancel();
       H2Head r;
       r.got_response_bytes = true;
       r.head = std::move(heads_.front());
@@ -293,10 +298,17 @@ void H2Stream::cancel() {
   asio::post(strand_, [self = shared_from_this()]() {
     if (self->cancelled_) return;
     self->cancelled_ = true;
-    self->head_.reset();
-    self->read_.reset();
-    self->write_.reset();
     if (self->head_timer_) self->head_timer_->cancel();
+    // Whoever still waits on the stream (the other half of a full-duplex exchange)
+    // learns that it is over.
+    if (self->head_) {
+      H2Head r;
+      r.outcome = H2Outcome::reset;
+      r.got_response_bytes = self->got_response_;
+      complete(self->head_, std::move(r));
+    }
+    if (self->read_) complete(self->read_, H2Read{H2Outcome::reset, 0, false});
+    if (self->write_) complete(self->write_, H2Outcome::reset);
     auto& c = *self->conn_;
     if (c.dead_) return;
     // Bytes buffered but never taken still count against the connection window.
@@ -360,10 +372,27 @@ void H2Conn::start(Events events) {
     nghttp2_session_set_local_window_size(self->session_, NGHTTP2_FLAG_NONE, 0, kConnWindow);
     asio::co_spawn(self->strand_, self->reader(self), asio::detached);
     asio::co_spawn(self->strand_, self->writer(self), asio::detached);
-    if (self->settings_.ping_interval.count() > 0) {
-      asio::co_spawn(self->strand_, self->pinger(self), asio::detached);
-    }
+    asio::co_spawn(self->strand_, self->pinger(self), asio::detached);
   });
+}
+
+// The pool hears of the connection only once the server's SETTINGS say how many
+// streams it takes: a server allowing fewer than our initial 100 would otherwise
+// refuse the excess of a burst (RFC 9113 §5.1.2), and each refusal costs a replay.
+void H2Conn::on_settings(bool from_server) {
+  std::size_t n = initial_capacity();
+  if (from_server) {
+    auto remote =
+        nghttp2_session_get_remote_settings(session_, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
+    n = std::max<std::size_t>(1, std::min<std::size_t>(remote, settings_.max_concurrent_streams));
+  }
+  if (!ready_) {
+    ready_ = true;
+    ping_timer_.cancel();  // the SETTINGS wait; the pinger re-arms it
+    if (events_.ready) events_.ready(n);
+  } else if (from_server && events_.capacity) {
+    events_.capacity(n);
+  }
 }
 
 std::shared_ptr<H2Stream> H2Conn::open(std::vector<H2Field> fields, bool body_follows) {
@@ -413,7 +442,6 @@ void H2Conn::finish_stream(H2Stream& s) {
   }
   s.progress();
   if (s.id_ > 0) {
-    nghttp2_session_set_stream_user_data(session_, s.id_, nullptr);
     streams_.erase(s.id_);  // may drop the last owner but the caller's reference
   }
 }
@@ -513,6 +541,13 @@ asio::awaitable<void> H2Conn::writer(std::shared_ptr<H2Conn> self) {
 // means the path or the server is gone, and the connection leaves the pool before a
 // request finds out the slow way.
 asio::awaitable<void> H2Conn::pinger(std::shared_ptr<H2Conn> self) {
+  // First the wait for the server's SETTINGS: past connect_timeout the connection
+  // goes to work with the initial limit rather than not at all.
+  ping_timer_.expires_after(settings_.connect_timeout);
+  co_await ping_timer_.async_wait(use_tuple);
+  if (dead_) co_return;
+  if (!ready_) on_settings(false);
+  if (settings_.ping_interval.count() == 0) co_return;
   while (!dead_) {
     ping_timer_.expires_after(settings_.ping_interval);
     co_await ping_timer_.async_wait(use_tuple);

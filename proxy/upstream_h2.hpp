@@ -94,20 +94,23 @@ class H2Stream : public std::enable_shared_from_this<H2Stream> {
 
   // The next response head (a 1xx one too), or how the stream ended without one.
   template <class Token>
-  auto async_read_head(std::chrono::steady_clock::duration timeout, Token&& token) {
+  auto async_read_head(Token&& token) {
     return asio::async_initiate<Token, void(H2Head)>(
-        [self = shared_from_this(), timeout](auto handler) {
+        [self = shared_from_this()](auto handler) {
           auto ex = asio::get_associated_executor(handler);
           self->post_op(
-              [self, timeout, ex,
+              [self, ex,
                h = asio::any_completion_handler<void(H2Head)>(std::move(handler))]() mutable {
                 self->head_ = HeadOp{std::move(ex), std::move(h)};
-                self->arm_head_timer(timeout);
                 self->progress();
               });
         },
         token);
   }
+
+  // The request is fully handed over: the final head must arrive within `timeout`
+  // (response_timeout runs from the request's end, not while a client uploads).
+  void start_response_timer(std::chrono::steady_clock::duration timeout);
 
   // Up to n body bytes into buf (which must stay valid until completion).
   template <class Token>
@@ -126,7 +129,7 @@ class H2Stream : public std::enable_shared_from_this<H2Stream> {
   }
 
   // The client is gone: RST_STREAM(CANCEL) if the stream is still open, buffered
-  // data given back to the connection window. Pending operations never complete.
+  // data given back to the connection window. Pending operations complete with reset.
   void cancel();
 
   // Trailer fields; read them only after async_read_body reported eof.
@@ -157,7 +160,6 @@ class H2Stream : public std::enable_shared_from_this<H2Stream> {
   void post_op(F&& f) {
     asio::post(strand_, std::forward<F>(f));
   }
-  void arm_head_timer(std::chrono::steady_clock::duration timeout);
   // Completes whatever pending operation the stream's state now allows.
   void progress();
   H2Outcome end_outcome() const;
@@ -194,6 +196,9 @@ class H2Conn : public std::enable_shared_from_this<H2Conn> {
  public:
   // Events for the pool, called on the connection's strand.
   struct Events {
+    // The server's first SETTINGS arrived (or took longer than connect_timeout):
+    // the connection takes this many streams. Later changes come as capacity.
+    std::function<void(std::size_t)> ready;
     std::function<void(std::size_t)> capacity;      // streams the server now allows (min config)
     std::function<void()> goaway;                   // takes no new streams
     std::function<void(pool::CloseReason)> closed;  // the connection is gone (once)
@@ -232,6 +237,7 @@ class H2Conn : public std::enable_shared_from_this<H2Conn> {
   void kick();  // wake the writer: nghttp2 may have frames to send
   void fail(pool::CloseReason reason);
   void finish_stream(H2Stream& s);
+  void on_settings(bool from_server);
 
   asio::strand<asio::io_context::executor_type> strand_;
   uint64_t id_;
@@ -247,6 +253,7 @@ class H2Conn : public std::enable_shared_from_this<H2Conn> {
   bool goaway_ = false;
   bool closing_ = false;
   bool ping_acked_ = true;
+  bool ready_ = false;  // Events::ready was called
   std::string out_;
 };
 
