@@ -1,14 +1,20 @@
 """Self-test of the test fixtures (nginx, fault origin, YAML emitter, metrics parser).
 Runs without upkeep, so the harness is known to work before the proxy is blamed."""
 import hashlib
+import json
 import os
+import shutil
 import socket
+import ssl
+import struct
+import subprocess
 import time
 import unittest
 
 from upkeep_test import certs, client, patterns, proxy
 from upkeep_test.client import Conn
 from upkeep_test.fault_origin import FaultOrigin
+from upkeep_test.h2_origin import H2Origin
 from upkeep_test.nginx import Nginx
 from upkeep_test.util import closed_port, wait_until
 
@@ -196,6 +202,180 @@ class FaultOriginFixtureTest(unittest.TestCase):
         port = closed_port()
         with self.assertRaises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", port), timeout=5)
+
+
+class RawH2:
+    """Just enough HTTP/2 to send frames the command-line clients never send (PING)."""
+
+    def __init__(self, port, alpn=("h2",)):
+        ctx = ssl.create_default_context(cafile=certs.get().ca_cert)
+        ctx.set_alpn_protocols(list(alpn))
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.sock = ctx.wrap_socket(raw, server_hostname="origin.test")
+        self.buf = b""
+        self.sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + self.frame(4, 0, 0, b""))
+
+    @staticmethod
+    def frame(ftype, flags, stream, payload):
+        return struct.pack(">I", len(payload))[1:] + bytes([ftype, flags]) + struct.pack(">I", stream) + payload
+
+    def send(self, ftype, flags, stream, payload):
+        self.sock.sendall(self.frame(ftype, flags, stream, payload))
+
+    def get(self, path):
+        """A GET on stream 1: HPACK literals without indexing or Huffman coding."""
+        block = b""
+        for k, v in ((":method", "GET"), (":scheme", "https"), (":authority", "origin.test"), (":path", path)):
+            block += b"\x00" + bytes([len(k)]) + k.encode() + bytes([len(v)]) + v.encode()
+        self.send(1, 0x5, 1, block)  # HEADERS, END_STREAM | END_HEADERS
+
+    def read_frame(self):
+        while len(self.buf) < 9 or len(self.buf) < 9 + int.from_bytes(self.buf[:3], "big"):
+            data = self.sock.recv(65536)
+            if not data:
+                raise EOFError("connection closed")
+            self.buf += data
+        n = int.from_bytes(self.buf[:3], "big")
+        ftype, flags = self.buf[3], self.buf[4]
+        stream = int.from_bytes(self.buf[5:9], "big") & 0x7FFFFFFF
+        payload, self.buf = self.buf[9:9 + n], self.buf[9 + n:]
+        if ftype == 4 and not flags & 1:
+            self.send(4, 1, 0, b"")  # SETTINGS ACK
+        return ftype, flags, stream, payload
+
+    def close(self):
+        self.sock.close()
+
+
+def _need(tool):
+    if not shutil.which(tool):
+        raise unittest.SkipTest("%s not installed (Debian package nghttp2-client)" % tool)
+
+
+def _run(args, timeout=60):
+    r = subprocess.run(args, capture_output=True, timeout=timeout)
+    return r.returncode, r.stdout, r.stderr.decode(errors="replace")
+
+
+class H2OriginFixtureTest(unittest.TestCase):
+    """h2_origin driven by nghttp2's own clients (nghttp, h2load) and a raw frame writer."""
+
+    def start(self, **kw):
+        o = H2Origin(**kw)
+        self.addCleanup(o.stop)
+        return o
+
+    def url(self, o, path):
+        return "https://127.0.0.1:%d%s" % (o.port, path)
+
+    def test_paths_with_nghttp(self):
+        _need("nghttp")
+        o = self.start()
+        code, out, err = _run(["nghttp", self.url(o, "/ok?size=100000")])
+        self.assertEqual(code, 0, err)
+        self.assertEqual(out, patterns.pattern(100000))
+        code, out, err = _run(["nghttp", "-v", self.url(o, "/trailers?size=5000")])
+        self.assertEqual(code, 0, err)
+        self.assertIn(b"x-checksum: " + hashlib.sha256(patterns.pattern(5000)).hexdigest().encode(), out)
+        self.assertIn(b"x-conn: 2", out)
+        self.assertNotIn(b"content-length", out)
+        code, out, err = _run(["nghttp", "-v", self.url(o, "/rst?after=1000")])
+        self.assertIn(b"recv RST_STREAM", out)
+        self.assertIn(b"INTERNAL_ERROR", out)
+        upload = os.urandom(300000)
+        path = os.path.join(certs.get().dir, "upload-%d.bin" % os.getpid())
+        with open(path, "wb") as f:
+            f.write(upload)
+        self.addCleanup(os.remove, path)
+        code, out, err = _run(["nghttp", "-d", path, self.url(o, "/echo?id=up")])
+        self.assertEqual(code, 0, err)
+        self.assertEqual(out, upload)
+        code, out, err = _run(["nghttp", "-H", "x-test: yes", self.url(o, "/headers?q=1")])
+        self.assertEqual(code, 0, err)
+        headers = json.loads(out)
+        self.assertIn([":path", "/headers?q=1"], headers)
+        self.assertIn(["x-test", "yes"], headers)
+        t = time.monotonic()
+        code, out, err = _run(["nghttp", self.url(o, "/delay?ms=300&size=10")])
+        self.assertEqual((code, out), (0, patterns.pattern(10)), err)
+        self.assertGreaterEqual(time.monotonic() - t, 0.3)
+
+        o.wait_open(0)
+        self.assertEqual(o.connections_total, 6)
+        (echo,) = o.requests_for("/echo")
+        self.assertEqual((echo.method, echo.query, echo.body_bytes), ("POST", {"id": "up"}, 300000))
+        (ok,) = o.requests_for("/ok")
+        self.assertEqual((ok.scheme, ok.authority), ("https", "127.0.0.1:%d" % o.port))
+        self.assertEqual(o.stream_of(ok)["sent_bytes"], 100000)
+        (rst,) = o.requests_for("/rst")
+        self.assertEqual((o.stream_of(rst)["error_code"], o.stream_of(rst)["sent_bytes"]), (2, 1000))
+        self.assertEqual(o.max_open_streams(), 1)
+        self.assertEqual(o.invalid_frames, [])
+
+    def test_max_concurrent_streams_with_h2load(self):
+        _need("h2load")
+        o = self.start(max_concurrent_streams=2)
+        code, out, err = _run(["h2load", "-n", "100", "-c", "1", "-m", "10", self.url(o, "/ok?size=1000")])
+        self.assertEqual(code, 0, err)
+        self.assertIn(b"100 done", out, out)
+        o.wait_open(0)
+        self.assertEqual(o.connections_total, 1)
+        self.assertEqual(o.max_open_streams(), 2, "h2load -m 10 against a limit of 2")
+        self.assertEqual(o.events_of("conn_close")[0]["max_open_streams"], 2)
+        # h2load may open streams before our SETTINGS reach it; those over the limit are
+        # refused (and reported) by nghttp2, never processed, and never after the ACK.
+        early = o.invalid_frames
+        self.assertEqual(len(o.requests) + len(early), 100)
+        self.assertIn(b"%d succeeded" % len(o.requests), out, out)
+        self.assertFalse([e for e in early if e["settings_acked"]], early)
+
+    def test_goaway_and_refused_with_h2load(self):
+        _need("h2load")
+        o = self.start(goaway_after=5)
+        code, out, err = _run(["h2load", "-n", "5", "-c", "1", "-m", "1", self.url(o, "/ok?size=10")])
+        self.assertIn(b"5 succeeded", out, out)
+        (goaway,) = o.wait_event("goaway_sent")
+        self.assertEqual(goaway["last_stream_id"], 9)
+        o.wait_open(0)  # the origin closes once the streams below last-stream-id are done
+
+        o = self.start(refuse_every=3)
+        code, out, err = _run(["h2load", "-n", "6", "-c", "1", "-m", "1", self.url(o, "/ok?size=10")])
+        self.assertIn(b"4 succeeded", out, out)
+        self.assertEqual([e["stream"] for e in o.refused], [5, 11])
+        self.assertEqual(len(o.requests), 4, "a refused stream was reported as processed")
+        o.wait_event("rst_sent", count=2, error_code=7)
+
+    def test_ping_ack_and_no_ack(self):
+        for no_ack in (False, True):
+            o = self.start(no_ping_ack=no_ack)
+            c = RawH2(o.port)
+            try:
+                c.send(6, 0, 0, b"12345678")  # PING
+                c.get("/ok?size=10")
+                acked, ended = False, False
+                while not ended:
+                    ftype, flags, stream, payload = c.read_frame()
+                    if ftype == 6 and flags & 1:
+                        self.assertEqual(payload, b"12345678")
+                        acked = True
+                    ended = stream == 1 and bool(flags & 1)
+                # An ACK is queued ahead of responses, so by the end of the stream it is
+                # there, or it never comes.
+                self.assertEqual(acked, not no_ack)
+            finally:
+                c.close()
+            (ping,) = o.wait_event("ping")
+            self.assertEqual(ping["acked"], not no_ack)
+            o.wait_open(0)
+
+    def test_alpn_h2_only(self):
+        o = self.start()
+        with self.assertRaises((ssl.SSLError, ConnectionResetError)):
+            RawH2(o.port, alpn=("http/1.1",))
+        (fail,) = o.wait_event("tls_failed")
+        self.assertIn("no application protocol", fail["reason"])
+        o.wait_open(0)
+        self.assertEqual(o.requests, [])
 
 
 if __name__ == "__main__":

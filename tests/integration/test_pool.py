@@ -222,7 +222,9 @@ class PoolTest(UpkeepTestCase):
 
     def test_drain_limit_closes(self):
         up = self.upkeep(drain={"max_bytes": "64KiB"})
-        self._read_prefix_and_hang_up(up, "/ok?size=1048576")
+        # 8 MiB: loopback socket buffers can swallow a whole 1 MiB response before the
+        # hang-up, leaving nothing to drain.
+        self._read_prefix_and_hang_up(up, "/ok?size=8388608")
         up.wait_metric("upkeep_upstream_connections_closed_total", lambda v: v >= 1, reason="drain_limit")
         self.origin.wait_open(0)
         r = self.get(up, "/ok?size=1048576")
