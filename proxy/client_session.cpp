@@ -454,8 +454,9 @@ asio::awaitable<bool> ClientSession::exchange(RequestParser& parser, const Snaps
     down.body().data = nullptr;
     down.body().more = true;
     // The head goes out on its own first, so a slow or streamed body (long poll,
-    // server-sent events) does not hold it back.
-    for (bool head_only = true;; head_only = false) {
+    // server-sent events) does not hold it back; unless body bytes came with it,
+    // which then share its write (one syscall for a small response).
+    for (bool head_only = !conn->has_buffered_bytes();; head_only = false) {
       std::size_t n = 0;
       bool last = false;
       if (!head_only) {
@@ -799,16 +800,19 @@ asio::awaitable<H2Attempt> ClientSession::respond_h2(H2Exchange& x, std::shared_
     write_access_log(e);
     return H2Attempt::finished_close;
   };
-  // The head goes out on its own, so a slow or streamed body does not hold it back.
+  // The head shares its write with whatever body bytes are already here, and goes
+  // out alone otherwise, so a slow or streamed body does not hold it back.
   std::string head_text = serialize_head(rh, x.version);
-  stream_.expires_after(client_timeout);
-  if (no_body) x.release_stream();
-  if (auto [wec, wn] = co_await asio::async_write(stream_, asio::buffer(head_text), use_tuple); wec)
-    co_return client_gone();
-  if (!no_body) {
+  if (no_body) {
+    x.release_stream();
+    stream_.expires_after(client_timeout);
+    if (auto [wec, wn] = co_await asio::async_write(stream_, asio::buffer(head_text), use_tuple);
+        wec)
+      co_return client_gone();
+  } else {
     char* buf = x.has_body ? resp_buf() : body_buf();
-    for (;;) {
-      auto rd = co_await st->async_read_body(buf, kBodyChunk, asio::use_awaitable);
+    for (bool first = true;; first = false) {
+      auto rd = co_await st->async_read_body(buf, kBodyChunk, !first, asio::use_awaitable);
       if (rd.outcome != H2Outcome::ok) {
         // Cut short upstream: the client can only learn it from the connection
         // closing before the framing completes.
@@ -820,8 +824,9 @@ asio::awaitable<H2Attempt> ClientSession::respond_h2(H2Exchange& x, std::shared_
       if (rd.eof) x.release_stream();
       char size_line[24];
       std::string tail;
-      std::array<asio::const_buffer, 3> bufs;  // unused entries stay empty
+      std::array<asio::const_buffer, 4> bufs;  // unused entries stay empty
       std::size_t nb = 0;
+      if (first) bufs[nb++] = asio::buffer(head_text);
       if (chunked && rd.n > 0) {
         int len = std::snprintf(size_line, sizeof size_line, "%zx\r\n", rd.n);
         bufs[nb++] = asio::buffer(size_line, static_cast<std::size_t>(len));

@@ -267,6 +267,8 @@ void H2Stream::progress() {
     } else if (over) {
       auto o = end_outcome();
       complete(read_, H2Read{o == H2Outcome::ok ? H2Outcome::reset : o, 0, false});
+    } else if (!read_->wait) {
+      complete(read_, H2Read{H2Outcome::ok, 0, false});
     }
   }
   if (write_) {

@@ -114,14 +114,15 @@ class H2Stream : public std::enable_shared_from_this<H2Stream> {
 
   // Up to n body bytes into buf (which must stay valid until completion).
   template <class Token>
-  auto async_read_body(char* buf, std::size_t n, Token&& token) {
+  // wait=false: complete at once, with n == 0 if nothing is buffered yet.
+  auto async_read_body(char* buf, std::size_t n, bool wait, Token&& token) {
     return asio::async_initiate<Token, void(H2Read)>(
-        [self = shared_from_this(), buf, n](auto handler) {
+        [self = shared_from_this(), buf, n, wait](auto handler) {
           auto ex = asio::get_associated_executor(handler);
           self->post_op(
-              [self, buf, n, ex,
+              [self, buf, n, wait, ex,
                h = asio::any_completion_handler<void(H2Read)>(std::move(handler))]() mutable {
-                self->read_ = ReadOp{std::move(ex), std::move(h), buf, n};
+                self->read_ = ReadOp{std::move(ex), std::move(h), buf, n, wait};
                 self->progress();
               });
         },
@@ -147,6 +148,7 @@ class H2Stream : public std::enable_shared_from_this<H2Stream> {
     asio::any_completion_handler<void(H2Read)> h;
     char* buf;
     std::size_t n;
+    bool wait;
   };
   struct WriteOp {
     asio::any_io_executor ex;
