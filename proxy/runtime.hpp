@@ -27,6 +27,7 @@ struct Runtime {
   std::atomic<std::shared_ptr<const Snapshot>> snapshot;
   std::atomic<bool> draining{false};
   std::atomic<uint64_t> client_connections{0};
+  unsigned threads = 1;  // event-loop threads (fixed for the process)
 
   std::shared_ptr<const Snapshot> current() const { return snapshot.load(); }
 

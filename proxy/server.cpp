@@ -65,12 +65,16 @@ std::shared_ptr<const Snapshot> make_snapshot(const Config& cfg) {
 }
 
 // One accept loop for both listeners; on_accept gets each new socket, already on a
-// strand of its own.
+// strand of its own when there is more than one thread.
 asio::awaitable<void> accept_loop(std::shared_ptr<tcp::acceptor> acceptor,
                                   std::shared_ptr<Runtime> rt,
                                   std::function<void(tcp::socket)> on_accept) {
   for (;;) {
-    auto [ec, socket] = co_await acceptor->async_accept(asio::make_strand(rt->ioc), use_tuple);
+    // With one event-loop thread every handler is already serialised; a strand per
+    // client would only add a lock and a queue hop to each of its operations.
+    auto ex = rt->threads == 1 ? asio::any_io_executor(rt->ioc.get_executor())
+                               : asio::any_io_executor(asio::make_strand(rt->ioc));
+    auto [ec, socket] = co_await acceptor->async_accept(ex, use_tuple);
     if (ec) {
       if (ec == asio::error::operation_aborted || !acceptor->is_open()) co_return;
       // EMFILE and friends: back off briefly instead of spinning on the error.
@@ -159,6 +163,7 @@ int run_server(Config cfg, const std::string& config_path, const Overrides& over
   const unsigned workers = std::max(1u, cfg.workers);
   asio::io_context ioc(static_cast<int>(workers));
   auto rt = std::make_shared<Runtime>(ioc);
+  rt->threads = workers;
   try {
     rt->snapshot.store(make_snapshot(cfg));
   } catch (const ConfigError& e) {

@@ -26,7 +26,9 @@ constexpr int32_t kStreamWindow = 64 * 1024;
 // The connection window covers many streams' buffers, so one slow stream never
 // starves the others.
 constexpr int32_t kConnWindow = 16 * 1024 * 1024;
-constexpr std::size_t kReadChunk = 64 * 1024;
+// SSL_read yields at most one TLS record (16 KiB) per call, so a larger buffer
+// would only cost memory on every idle connection.
+constexpr std::size_t kReadChunk = 16 * 1024 + 512;
 constexpr std::size_t kWriteBatch = 64 * 1024;
 // Upload bytes a stream accepts ahead of what DATA frames have taken.
 constexpr std::size_t kUploadBuffer = 64 * 1024;
@@ -535,6 +537,7 @@ asio::awaitable<void> H2Conn::writer(std::shared_ptr<H2Conn> self) {
       fail(pool::CloseReason::error);
       co_return;
     }
+    if (streams_.empty() && out_.capacity() > 4096) std::string().swap(out_);  // idle: give it back
   }
   (void)self;
 }

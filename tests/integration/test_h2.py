@@ -330,6 +330,31 @@ class H2Test(UpkeepTestCase):
              o.connections_total, self.closed_other_than(up))
         self.assertEqual(o.connections_total, 1, "a stream reset closed the connection")
 
+    # -- recycling ------------------------------------------------------------------------------------
+    def test_max_requests_per_connection_recycles_gracefully(self):
+        o = self.start_h2()
+        up = self.upkeep_for(o, max_requests_per_connection=3)
+        for i in range(10):
+            self.assertIsNone(self.check_ok(self.fetch(up, "GET", url("/ok?size=%d" % (100 + i))), o,
+                                            size=100 + i, what="request %d" % i))
+        per_conn = {}
+        for r in o.requests_for("/ok"):
+            per_conn[r.conn] = per_conn.get(r.conn, 0) + 1
+        self.assertLessEqual(max(per_conn.values()), 3, per_conn)
+        self.assertEqual(o.connections_total, 4, per_conn)
+        up.wait_metric("upkeep_upstream_connections_closed_total", lambda v: v >= 3, reason="max_requests")
+        # Graceful: each retired connection ended with our GOAWAY, no stream was reset.
+        self.assertEqual(o.rst_received, [])
+
+    def test_max_connection_age_recycles_gracefully(self):
+        o = self.start_h2()
+        up = self.upkeep_for(o, max_connection_age="1s")
+        self.assertIsNone(self.check_ok(self.fetch(up, "GET", url("/ok?size=10")), o, size=10, what="first"))
+        up.wait_metric("upkeep_upstream_connections_closed_total", lambda v: v >= 1, reason="max_age")
+        o.wait_open(0)
+        self.assertIsNone(self.check_ok(self.fetch(up, "GET", url("/ok?size=20")), o, size=20, what="after"))
+        self.assertEqual(o.connections_total, 2)
+
     # -- 7. PING on idle connections ------------------------------------------------------------------
     def test_ping_unanswered_closes_idle_connection(self):
         o = self.start_h2(no_ping_ack=True)
