@@ -26,11 +26,13 @@ pool::Limits pool_limits(const UpstreamSettings& s) {
   return l;
 }
 
-ConnectionPool::ConnectionPool(asio::io_context& ioc, Origin origin,
+ConnectionPool::ConnectionPool(asio::io_context& ioc, unsigned threads, Origin origin,
                                const UpstreamSettings& settings,
                                std::shared_ptr<const Router> router)
     : ioex_(ioc.get_executor()),
-      strand_(asio::make_strand(ioc)),
+      threads_(threads),
+      strand_(threads == 1 ? asio::any_io_executor(ioc.get_executor())
+                           : asio::any_io_executor(asio::make_strand(ioc))),
       origin_(std::move(origin)),
       settings_(settings),
       router_(std::move(router)),
@@ -210,7 +212,10 @@ void ConnectionPool::on_connected(pool::ConnId id, ConnectOutcome outcome) {
 // The server chose h2: the handshaken transport moves into an H2Conn on its own
 // strand. Its events come back here by post, so the core is only touched on ours.
 void ConnectionPool::adopt_h2(pool::ConnId id, std::shared_ptr<UpstreamConn> handshaken) {
-  auto h2 = std::make_shared<H2Conn>(ioex_, handshaken->id(), handshaken->take_stream(), settings_);
+  auto h2 =
+      std::make_shared<H2Conn>(threads_ == 1 ? asio::any_io_executor(ioex_)
+                                             : asio::any_io_executor(asio::make_strand(ioex_)),
+                               handshaken->id(), handshaken->take_stream(), settings_);
   h2->pool_id = id;
   conns_.emplace(id, Pooled{nullptr, h2});
   log::debug("upstream connected",
@@ -343,7 +348,7 @@ std::shared_ptr<ConnectionPool> PoolRegistry::get(const Origin& origin,
   std::lock_guard lock(mu_);
   auto& slot = pools_[origin];
   if (!slot.pool) {
-    slot.pool = std::make_shared<ConnectionPool>(ioc_, origin, settings, router);
+    slot.pool = std::make_shared<ConnectionPool>(ioc_, threads_, origin, settings, router);
     // Keep only the scheme and authority of the request: enough to route it again.
     if (!target.empty() && target.front() != '/') {
       auto path = target.find('/', target.find("//") + 2);

@@ -43,8 +43,10 @@ pool::Limits pool_limits(const UpstreamSettings& s);
 
 class ConnectionPool : public std::enable_shared_from_this<ConnectionPool> {
  public:
-  ConnectionPool(asio::io_context& ioc, Origin origin, const UpstreamSettings& settings,
-                 std::shared_ptr<const Router> router);
+  // threads: event-loop threads; with one, the pool and its HTTP/2 connections run
+  // on the io_context directly (a strand would only add a lock and a queue hop).
+  ConnectionPool(asio::io_context& ioc, unsigned threads, Origin origin,
+                 const UpstreamSettings& settings, std::shared_ptr<const Router> router);
 
   // Completes with a Lease on the caller's executor. fresh_only: a connection that
   // never carried an exchange (the one retry after a stale reused connection).
@@ -104,7 +106,8 @@ class ConnectionPool : public std::enable_shared_from_this<ConnectionPool> {
   void publish_gauges();
 
   asio::io_context::executor_type ioex_;
-  asio::strand<asio::io_context::executor_type> strand_;
+  unsigned threads_;
+  asio::any_io_executor strand_;  // a strand, or the io_context itself with one thread
   Origin origin_;
   UpstreamSettings settings_;
   std::shared_ptr<const Router> router_;
@@ -132,6 +135,8 @@ struct RouteProbe {
 class PoolRegistry {
  public:
   explicit PoolRegistry(asio::io_context& ioc) : ioc_(ioc) {}
+  // Before the first get(): the process's event-loop thread count.
+  void set_threads(unsigned n) { threads_ = n; }
   std::shared_ptr<ConnectionPool> get(const Origin& origin, const UpstreamSettings& settings,
                                       const std::shared_ptr<const Router>& router,
                                       std::string_view target, std::string_view host);
@@ -147,6 +152,7 @@ class PoolRegistry {
     UpstreamSettings settings;
   };
   asio::io_context& ioc_;
+  unsigned threads_ = 1;
   std::mutex mu_;
   std::unordered_map<Origin, Entry, OriginHash> pools_;
 };

@@ -164,6 +164,7 @@ int run_server(Config cfg, const std::string& config_path, const Overrides& over
   asio::io_context ioc(static_cast<int>(workers));
   auto rt = std::make_shared<Runtime>(ioc);
   rt->threads = workers;
+  rt->pools.set_threads(workers);
   try {
     rt->snapshot.store(make_snapshot(cfg));
   } catch (const ConfigError& e) {

@@ -23,6 +23,9 @@ constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
 // RST_STREAM lands. 64 KiB (nghttpx's default too) still fills loopback and LAN
 // paths, as the consumed half is acknowledged while the client reads the rest.
 constexpr int32_t kStreamWindow = 64 * 1024;
+// A stream whose client has taken its first window is being read for real: it may
+// grow to this, so one large download is not held to a round trip per 64 KiB.
+constexpr int32_t kStreamWindowRead = 1024 * 1024;
 // The connection window covers many streams' buffers, so one slow stream never
 // starves the others.
 constexpr int32_t kConnWindow = 16 * 1024 * 1024;
@@ -258,8 +261,14 @@ void H2Stream::progress() {
       const std::size_t n = std::min(avail, read_->n);
       std::memcpy(read_->buf, rbuf_.data() + roff_, n);
       roff_ += n;
+      taken_ += n;
       if (!conn_->dead_) {
         nghttp2_session_consume(conn_->session_, id_, n);
+        if (!window_grown_ && taken_ >= static_cast<uint64_t>(kStreamWindow)) {
+          window_grown_ = true;
+          nghttp2_session_set_local_window_size(conn_->session_, NGHTTP2_FLAG_NONE, id_,
+                                                kStreamWindowRead);
+        }
         conn_->kick();
       }
       const bool eof = eof_ && roff_ == rbuf_.size();
@@ -330,9 +339,9 @@ void H2Stream::cancel() {
 // ---------------------------------------------------------------------------------
 // H2Conn
 
-H2Conn::H2Conn(asio::io_context::executor_type ex, uint64_t id,
-               std::unique_ptr<UpstreamStream> stream, const UpstreamSettings& settings)
-    : strand_(asio::make_strand(ex)),
+H2Conn::H2Conn(asio::any_io_executor serial, uint64_t id, std::unique_ptr<UpstreamStream> stream,
+               const UpstreamSettings& settings)
+    : strand_(std::move(serial)),
       id_(id),
       stream_(std::move(stream)),
       settings_(settings),

@@ -72,7 +72,7 @@ class H2Conn;
 
 class H2Stream : public std::enable_shared_from_this<H2Stream> {
  public:
-  H2Stream(std::shared_ptr<H2Conn> conn, asio::strand<asio::io_context::executor_type> strand)
+  H2Stream(std::shared_ptr<H2Conn> conn, asio::any_io_executor strand)
       : conn_(std::move(conn)), strand_(std::move(strand)) {}
 
   // Queues body bytes for DATA frames. Completes once they are copied, so `data`
@@ -167,7 +167,7 @@ class H2Stream : public std::enable_shared_from_this<H2Stream> {
   H2Outcome end_outcome() const;
 
   std::shared_ptr<H2Conn> conn_;
-  asio::strand<asio::io_context::executor_type> strand_;
+  asio::any_io_executor strand_;  // the connection's serial executor
   // --- conn strand only ---
   int32_t id_ = -1;
   bool headers_sent_ = false;
@@ -183,6 +183,8 @@ class H2Stream : public std::enable_shared_from_this<H2Stream> {
   std::vector<H2Field> trailers_;
   std::string rbuf_;  // received DATA not yet taken by the client session
   std::size_t roff_ = 0;
+  uint64_t taken_ = 0;  // body bytes the client session has taken
+  bool window_grown_ = false;
   std::string ubuf_;  // upload bytes not yet framed
   std::size_t uoff_ = 0;
   bool upload_eof_ = false;
@@ -206,7 +208,8 @@ class H2Conn : public std::enable_shared_from_this<H2Conn> {
     std::function<void(pool::CloseReason)> closed;  // the connection is gone (once)
   };
 
-  H2Conn(asio::io_context::executor_type ex, uint64_t id, std::unique_ptr<UpstreamStream> stream,
+  // serial: a strand, or the io_context itself when it has one thread.
+  H2Conn(asio::any_io_executor serial, uint64_t id, std::unique_ptr<UpstreamStream> stream,
          const UpstreamSettings& settings);
   ~H2Conn();
   H2Conn(const H2Conn&) = delete;
@@ -241,7 +244,7 @@ class H2Conn : public std::enable_shared_from_this<H2Conn> {
   void finish_stream(H2Stream& s);
   void on_settings(bool from_server);
 
-  asio::strand<asio::io_context::executor_type> strand_;
+  asio::any_io_executor strand_;  // the connection's serial executor
   uint64_t id_;
   std::unique_ptr<UpstreamStream> stream_;
   UpstreamSettings settings_;
