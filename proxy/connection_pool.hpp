@@ -134,9 +134,7 @@ struct RouteProbe {
 // Every pool of the process, by origin. get() is called once per exchange.
 class PoolRegistry {
  public:
-  explicit PoolRegistry(asio::io_context& ioc) : ioc_(ioc) {}
-  // Before the first get(): the process's event-loop thread count.
-  void set_threads(unsigned n) { threads_ = n; }
+  PoolRegistry(asio::io_context& ioc, unsigned threads) : ioc_(ioc), threads_(threads) {}
   std::shared_ptr<ConnectionPool> get(const Origin& origin, const UpstreamSettings& settings,
                                       const std::shared_ptr<const Router>& router,
                                       std::string_view target, std::string_view host);
@@ -152,7 +150,7 @@ class PoolRegistry {
     UpstreamSettings settings;
   };
   asio::io_context& ioc_;
-  unsigned threads_ = 1;
+  unsigned threads_;  // event-loop threads, for ConnectionPool
   std::mutex mu_;
   std::unordered_map<Origin, Entry, OriginHash> pools_;
 };

@@ -21,13 +21,14 @@ struct Snapshot {
 };
 
 struct Runtime {
-  explicit Runtime(asio::io_context& ioc) : ioc(ioc), pools(ioc) {}
+  Runtime(asio::io_context& ioc, unsigned threads)
+      : ioc(ioc), pools(ioc, threads), threads(threads) {}
   asio::io_context& ioc;
   PoolRegistry pools;
   std::atomic<std::shared_ptr<const Snapshot>> snapshot;
   std::atomic<bool> draining{false};
   std::atomic<uint64_t> client_connections{0};
-  unsigned threads = 1;  // event-loop threads (fixed for the process)
+  const unsigned threads;  // event-loop threads (fixed for the process)
 
   std::shared_ptr<const Snapshot> current() const { return snapshot.load(); }
 

@@ -162,9 +162,7 @@ void sd_notify_state(const std::string& state) {
 int run_server(Config cfg, const std::string& config_path, const Overrides& overrides) {
   const unsigned workers = std::max(1u, cfg.workers);
   asio::io_context ioc(static_cast<int>(workers));
-  auto rt = std::make_shared<Runtime>(ioc);
-  rt->threads = workers;
-  rt->pools.set_threads(workers);
+  auto rt = std::make_shared<Runtime>(ioc, workers);
   try {
     rt->snapshot.store(make_snapshot(cfg));
   } catch (const ConfigError& e) {

@@ -163,7 +163,6 @@ struct H2Callbacks {
           (code == NGHTTP2_REFUSED_STREAM && !st->got_response_) || !st->headers_sent_
               ? H2Outcome::refused
               : H2Outcome::reset;
-      if (st->eof_ && code == NGHTTP2_NO_ERROR) st->close_outcome_ = H2Outcome::ok;
     }
     c.finish_stream(*st);
     return 0;
@@ -217,9 +216,8 @@ struct H2Callbacks {
 void H2Stream::start_response_timer(std::chrono::steady_clock::duration timeout) {
   asio::post(strand_, [self = shared_from_this(), timeout]() {
     if (self->final_head_ || self->closed_ || self->cancelled_) return;
-    if (!self->head_timer_) self->head_timer_ = std::make_unique<asio::steady_timer>(self->strand_);
-    self->head_timer_->expires_after(timeout);
-    self->head_timer_->async_wait([self](error_code ec) {
+    self->head_timer_.expires_after(timeout);
+    self->head_timer_.async_wait([self](error_code ec) {
       if (ec || self->final_head_) return;
       self->head_timed_out_ = true;
       self->progress();
@@ -239,14 +237,14 @@ void H2Stream::progress() {
   const bool over = closed_ || cancelled_ || conn_->dead_;
   if (head_) {
     if (!heads_.empty()) {
-      if (head_timer_ && final_head_) head_timer_->cancel();
+      if (final_head_) head_timer_.cancel();
       H2Head r;
       r.got_response_bytes = true;
       r.head = std::move(heads_.front());
       heads_.pop_front();
       complete(head_, std::move(r));
     } else if (over || head_timed_out_) {
-      if (head_timer_) head_timer_->cancel();
+      head_timer_.cancel();
       H2Head r;
       r.outcome = head_timed_out_ && !over ? H2Outcome::timeout : end_outcome();
       if (r.outcome == H2Outcome::ok) r.outcome = H2Outcome::reset;  // ended without a head
@@ -311,7 +309,7 @@ void H2Stream::cancel() {
   asio::post(strand_, [self = shared_from_this()]() {
     if (self->cancelled_) return;
     self->cancelled_ = true;
-    if (self->head_timer_) self->head_timer_->cancel();
+    self->head_timer_.cancel();
     // Whoever still waits on the stream (the other half of a full-duplex exchange)
     // learns that it is over.
     if (self->head_) {
@@ -448,11 +446,7 @@ void H2Conn::submit(const std::shared_ptr<H2Stream>& st, std::vector<H2Field> fi
 
 void H2Conn::finish_stream(H2Stream& s) {
   if (s.closed_) return;
-  s.closed_ = true;
-  if (s.cancelled_) {
-    const std::size_t unread = s.rbuf_.size() - s.roff_;
-    if (unread && !dead_) nghttp2_session_consume_connection(session_, unread);
-  }
+  s.closed_ = true;  // a cancelled stream gave its buffered bytes back in cancel()
   s.progress();
   if (s.id_ > 0) {
     streams_.erase(s.id_);  // may drop the last owner but the caller's reference

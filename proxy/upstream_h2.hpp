@@ -73,7 +73,7 @@ class H2Conn;
 class H2Stream : public std::enable_shared_from_this<H2Stream> {
  public:
   H2Stream(std::shared_ptr<H2Conn> conn, asio::any_io_executor strand)
-      : conn_(std::move(conn)), strand_(std::move(strand)) {}
+      : conn_(std::move(conn)), strand_(std::move(strand)), head_timer_(strand_) {}
 
   // Queues body bytes for DATA frames. Completes once they are copied, so `data`
   // may be reused; waits while the stream already holds a full buffer.
@@ -167,7 +167,8 @@ class H2Stream : public std::enable_shared_from_this<H2Stream> {
   H2Outcome end_outcome() const;
 
   std::shared_ptr<H2Conn> conn_;
-  asio::any_io_executor strand_;  // the connection's serial executor
+  asio::any_io_executor strand_;   // the connection's serial executor
+  asio::steady_timer head_timer_;  // response_timeout; conn strand only
   // --- conn strand only ---
   int32_t id_ = -1;
   bool headers_sent_ = false;
@@ -192,7 +193,6 @@ class H2Stream : public std::enable_shared_from_this<H2Stream> {
   std::optional<HeadOp> head_;
   std::optional<ReadOp> read_;
   std::optional<WriteOp> write_;
-  std::unique_ptr<asio::steady_timer> head_timer_;
   bool head_timed_out_ = false;
 };
 
@@ -224,8 +224,6 @@ class H2Conn : public std::enable_shared_from_this<H2Conn> {
   void close();
 
   uint64_t id() const noexcept { return id_; }
-  // Before the server's SETTINGS: at most min(100, max_concurrent_streams).
-  std::size_t initial_capacity() const noexcept;
 
   // Bookkeeping by the pool (its strand only).
   uint64_t exchanges = 0;
@@ -243,6 +241,8 @@ class H2Conn : public std::enable_shared_from_this<H2Conn> {
   void fail(pool::CloseReason reason);
   void finish_stream(H2Stream& s);
   void on_settings(bool from_server);
+  // Before the server's SETTINGS: at most min(100, max_concurrent_streams).
+  std::size_t initial_capacity() const noexcept;
 
   asio::any_io_executor strand_;  // the connection's serial executor
   uint64_t id_;

@@ -19,7 +19,7 @@ from upkeep_test import client, patterns
 from upkeep_test.client import Conn
 from upkeep_test.h2_origin import H2Origin
 from upkeep_test.testcase import UpkeepTestCase
-from upkeep_test.util import wait_until
+from upkeep_test.util import rss_kib, wait_until
 
 HOST = "h2.origin.test"
 NGINX_HOST = "nginx.origin.test"
@@ -44,14 +44,6 @@ def note(fmt, *args):
 def body_for(i):
     """A distinct POST body per request, small enough that a proxy keeps it for a replay."""
     return (b"request %06d " % i) * (50 + i % 400)
-
-
-def rss_kib(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS for pid %d" % pid)
 
 
 def read_chunked_with_trailers(conn):

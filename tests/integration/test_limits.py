@@ -14,7 +14,7 @@ import unittest
 from upkeep_test import client
 from upkeep_test.client import Conn, ConnectionClosed
 from upkeep_test.testcase import UpkeepTestCase
-from upkeep_test.util import wait_until
+from upkeep_test.util import rss_kib, wait_until
 
 OK = "http://fault.origin.test/ok?size=10"
 
@@ -29,14 +29,6 @@ def peer_closed(sock, timeout):
     except (ConnectionResetError, ConnectionAbortedError):
         return True, b""
     return not data, data
-
-
-def vm_rss_kib(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS for pid %d" % pid)
 
 
 class LimitsTest(UpkeepTestCase):
@@ -212,7 +204,7 @@ class LimitsTest(UpkeepTestCase):
             self.request_ok(c, 1000)
             warm.append(c)
         up.wait_metric("upkeep_downstream_connections_active", lambda v: v == len(warm))
-        rss_before = vm_rss_kib(pid)
+        rss_before = rss_kib(pid)
         conns = []
         try:
             for i in range(n):
@@ -220,7 +212,7 @@ class LimitsTest(UpkeepTestCase):
                 conns.append(c)
                 self.request_ok(c, 1000)  # one exchange, then idle keep-alive
             up.wait_metric("upkeep_downstream_connections_active", lambda v: v == n + len(warm), timeout=30)
-            rss_after = vm_rss_kib(pid)
+            rss_after = rss_kib(pid)
             per_conn = (rss_after - rss_before) / n
             print("\nidle client connections: %d; upkeep VmRSS %d KiB -> %d KiB: %.2f KiB per connection"
                   % (n, rss_before, rss_after, per_conn))

@@ -31,7 +31,6 @@ below are built from them under a condition variable, so every wait is event-dri
 """
 import json
 import os
-import signal
 import subprocess
 import threading
 import time
@@ -39,6 +38,7 @@ import unittest
 import urllib.parse
 
 from . import certs
+from .util import stop_process
 
 BIN_ENV = "UPKEEP_H2_ORIGIN_BIN"
 
@@ -200,19 +200,7 @@ class H2Origin:
         """SIGTERM and wait; with check, a non-zero exit (a crash, a sanitizer report) fails."""
         if self.proc is None:
             return self.returncode
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        for t in self._threads:
-            t.join(5)
-        for f in (self.proc.stdout, self.proc.stderr):
-            if f and not f.closed:
-                f.close()
-        self.returncode = self.proc.returncode
+        self.returncode = stop_process(self.proc, self._threads, timeout)
         self.proc = None
         if check and self.returncode != 0:
             raise AssertionError("h2_origin exited %s on SIGTERM; stderr:\n%s"

@@ -14,14 +14,13 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 import threading
 import time
 
 from . import certs
-from .util import wait_until
+from .util import stop_process, wait_until
 
 # --- a tiny YAML emitter ------------------------------------------------------
 
@@ -201,20 +200,9 @@ class Upkeep:
         """SIGTERM, wait (bounded), then SIGKILL. Returns the exit code."""
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        for t in self._threads:
-            t.join(5)
-        for f in (self.proc.stdout, self.proc.stderr):
-            if f and not f.closed:
-                f.close()
+        code = stop_process(self.proc, self._threads, timeout)
         shutil.rmtree(self.dir, ignore_errors=True)
-        return self.proc.returncode
+        return code
 
     def __enter__(self):
         return self

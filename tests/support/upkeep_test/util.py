@@ -1,5 +1,7 @@
 """Small helpers shared by the fixtures and the tests."""
+import signal
 import socket
+import subprocess
 import time
 
 
@@ -29,3 +31,30 @@ def closed_port():
     port = s.getsockname()[1]
     s.close()
     return port
+
+
+def stop_process(proc, threads=(), timeout=15.0):
+    """SIGTERM, wait (bounded), then SIGKILL; join the output readers and close the
+    pipes. Returns the exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    for t in threads:
+        t.join(5)
+    for f in (proc.stdout, proc.stderr):
+        if f and not f.closed:
+            f.close()
+    return proc.returncode
+
+
+def rss_kib(pid):
+    """VmRSS of a process, in KiB."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS for pid %d" % pid)
