@@ -56,8 +56,6 @@ constexpr std::size_t kReplayKeep = 64 * 1024;
 // few) is replayed up to this often, and never for longer than queue.timeout.
 constexpr int kMaxReplays = 100;
 
-class ClientSession;
-
 // The per-request state an HTTP/2 attempt needs and that survives a replay.
 struct H2Exchange {
   const Snapshot* snap = nullptr;
@@ -595,10 +593,7 @@ std::vector<H2Field> h2_request_fields(const http::request_header<>& up, bool tl
       default:
         break;
     }
-    std::string name(f.name_string());
-    for (auto& c : name)
-      c = ascii_lower(c);
-    out.push_back({std::move(name), std::string(f.value())});
+    out.push_back({to_ascii_lower(f.name_string()), std::string(f.value())});
   }
   return out;
 }

@@ -41,12 +41,6 @@ std::string one_line(std::string s) {
   return s;
 }
 
-std::string lower(std::string s) {
-  std::transform(s.begin(), s.end(), s.begin(),
-                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  return s;
-}
-
 bool all_digits(std::string_view s) {
   return !s.empty() &&
          std::all_of(s.begin(), s.end(), [](unsigned char c) { return c >= '0' && c <= '9'; });
@@ -119,7 +113,7 @@ std::pair<std::string, std::optional<uint16_t>> parse_host_pattern(const std::st
   std::string host = text;
   std::optional<uint16_t> port;
   if (text.empty()) bad("empty");
-  if (is_ipv6(text)) return {lower(text), std::nullopt};
+  if (is_ipv6(text)) return {to_ascii_lower(text), std::nullopt};
   std::string port_text;
   bool has_port = false;
   if (text.front() == '[') {
@@ -147,7 +141,7 @@ std::pair<std::string, std::optional<uint16_t>> parse_host_pattern(const std::st
   std::string rest = host.starts_with("*.") ? host.substr(2) : host;
   if (rest.find('*') != std::string::npos) bad("'*' is only allowed as a leading \"*.\"");
   if (!is_ipv6(rest) && !is_valid_hostname(rest)) bad("not a valid host name");
-  return {lower(host), port};
+  return {to_ascii_lower(host), port};
 }
 
 Cidr parse_cidr(const std::string& text) {
@@ -893,7 +887,7 @@ bool is_loopback_host(const std::string& host_in) {
   if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
     host = host.substr(1, host.size() - 2);
   }
-  const std::string l = lower(host);
+  const std::string l = to_ascii_lower(host);
   if (l == "localhost" || l == "localhost.") return true;
   if (in_addr a4{}; inet_pton(AF_INET, host.c_str(), &a4) == 1) {
     return (ntohl(a4.s_addr) >> 24) == 127;

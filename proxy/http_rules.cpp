@@ -72,12 +72,6 @@ void for_each_list_element(std::string_view v, F&& fn) {
   }
 }
 
-std::string lower(std::string_view s) {
-  std::string out(s);
-  std::transform(out.begin(), out.end(), out.begin(), ascii_lower);
-  return out;
-}
-
 // Connection may name any field, but stripping the ones that frame or address
 // the message would let a client rewrite how the next hop reads it.
 bool protected_from_connection(std::string_view name) noexcept {
@@ -235,7 +229,7 @@ void strip_hop_by_hop(http::fields& f, bool keep_te_trailers) {
   std::vector<std::string> named;
   for (const auto& fld : values_of(f, http::field::connection)) {
     for_each_list_element(sv(fld.value()), [&named](std::string_view tok) {
-      if (!protected_from_connection(tok)) named.push_back(lower(tok));
+      if (!protected_from_connection(tok)) named.push_back(to_ascii_lower(tok));
     });
   }
   bool te_trailers = false;

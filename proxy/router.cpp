@@ -17,12 +17,6 @@ bool istarts_with(std::string_view s, std::string_view prefix) noexcept {
   return s.size() >= prefix.size() && iequals(s.substr(0, prefix.size()), prefix);
 }
 
-std::string to_lower(std::string_view s) {
-  std::string out(s);
-  std::transform(out.begin(), out.end(), out.begin(), ascii_lower);
-  return out;
-}
-
 bool is_digit(char c) noexcept {
   return c >= '0' && c <= '9';
 }
@@ -130,7 +124,7 @@ std::optional<std::string> parse_host(std::string_view h, bool& ip_literal) {
     if (!is_canonical_ipv4(h)) return std::nullopt;
     ip_literal = true;
   }
-  return to_lower(h);
+  return to_ascii_lower(h);
 }
 
 // "host[:port]" as in a URL authority, Host header or CONNECT target.
