@@ -128,7 +128,7 @@ void ConnectionPool::run(pool::Actions& actions) {
             // Stop the idle watch; the wait's completion sees the new generation and ignores.
             ++conn->watch_generation;
             error_code ignored;
-            conn->stream().tcp().socket().cancel(ignored);
+            conn->stream().socket().cancel(ignored);
             ++conn->exchanges;
             complete(a.waiter, Lease{errc::ok, conn, nullptr, a.reused, {}});
           } else if constexpr (std::is_same_v<T, pool::Fail>) {
@@ -278,7 +278,8 @@ void ConnectionPool::watch_idle(pool::ConnId id) {
     run(actions);
     return;
   }
-  conn->stream().tcp().socket().async_wait(
+  conn->release_idle_memory();
+  conn->stream().socket().async_wait(
       asio::ip::tcp::socket::wait_read,
       asio::bind_executor(strand_, [self = shared_from_this(), id, gen](error_code ec) {
         auto it2 = self->conns_.find(id);

@@ -1,4 +1,5 @@
 // upkeep: flags, config, run. Exceptions end here, at start-up only.
+#include <csignal>
 #include <cstring>
 #include <iostream>
 #include <string>
@@ -32,6 +33,9 @@ int fail(const std::string& msg) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // OpenSSL writes upstream TLS with write(2), which raises SIGPIPE when the origin
+  // has reset the connection; the write's EPIPE is the error we handle.
+  std::signal(SIGPIPE, SIG_IGN);
   std::vector<std::string> args(argv + 1, argv + argc);
   upkeep::Overrides overrides;
   std::string config_path;

@@ -76,21 +76,24 @@ asio::awaitable<ConnectOutcome> connect_upstream(asio::any_io_executor ex, const
     out.detail = e.what();
     co_return out;
   }
-  auto stream = std::make_unique<UpstreamStream>(ex, ctx, origin.tls);
-  auto& tcp_stream = stream->tcp();
-  tcp_stream.expires_at(deadline);
-  auto [cec, ep] = co_await tcp_stream.async_connect(endpoints, use_tuple);
-  if (cec) {
+  std::unique_ptr<UpstreamStream> stream;
+  try {
+    stream = std::make_unique<UpstreamStream>(ex, ctx, origin.tls);
+  } catch (const std::bad_alloc&) {
+    out.error = errc::tls_failed;
+    out.detail = "cannot create a TLS session";
+    co_return out;
+  }
+  stream->expires_at(deadline);
+  if (auto cec = co_await stream->connect(endpoints)) {
     out.error = cec == beast::error::timeout ? errc::connect_timeout : errc::connect_failed;
     out.detail = cec.message();
     co_return out;
   }
-  error_code ignored;
-  tcp_stream.socket().set_option(tcp::no_delay(true), ignored);
 
   std::string protocol = "http/1.1";
   if (origin.tls) {
-    SSL* ssl = stream->tls_stream().native_handle();
+    SSL* ssl = stream->ssl();
     std::string why;
     if (!configure_tls_peer(ssl, origin.host, origin.sni, origin.verify, why)) {
       out.error = errc::tls_failed;
@@ -100,9 +103,7 @@ asio::awaitable<ConnectOutcome> connect_upstream(asio::any_io_executor ex, const
     auto wire = alpn_wire(origin.protocols);
     SSL_set_alpn_protos(ssl, reinterpret_cast<const unsigned char*>(wire.data()),
                         static_cast<unsigned>(wire.size()));
-    auto [hec] =
-        co_await stream->tls_stream().async_handshake(asio::ssl::stream_base::client, use_tuple);
-    if (hec) {
+    if (auto hec = co_await stream->handshake()) {
       if (hec == beast::error::timeout) {
         out.error = errc::connect_timeout;
         out.detail = "TLS handshake timed out";
@@ -126,7 +127,7 @@ asio::awaitable<ConnectOutcome> connect_upstream(asio::any_io_executor ex, const
       co_return out;
     }
   }
-  tcp_stream.expires_never();
+  stream->expires_never();
   out.conn = std::make_shared<UpstreamConn>(conn_id, std::move(stream), protocol);
   co_return out;
 }

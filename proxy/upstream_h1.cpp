@@ -66,7 +66,7 @@ asio::awaitable<bool> UpstreamConn::wait_response(std::chrono::steady_clock::dur
     if (!ec && !*state) {
       *state = true;
       error_code ignored;
-      stream_->tcp().socket().cancel(ignored);
+      stream_->socket().cancel(ignored);
     }
   });
   auto [ec, n] = co_await stream_->async_read_some(buffer_.prepare(16 * 1024), use_tuple);
@@ -90,9 +90,9 @@ asio::awaitable<error_code> UpstreamConn::read_header(bool head_request,
   parser_->body_limit(boost::none);
   parser_->header_limit(64 * 1024);
   if (head_request) parser_->skip(true);
-  stream_->tcp().expires_after(timeout);
+  stream_->expires_after(timeout);
   auto [ec, n] = co_await http::async_read_header(*stream_, buffer_, *parser_, use_tuple);
-  stream_->tcp().expires_never();
+  stream_->expires_never();
   if (n > 0 || parser_->got_some()) got_bytes_ = true;
   if (ec) broken_ = true;
   co_return ec;
@@ -137,10 +137,18 @@ bool UpstreamConn::reusable() const {
   return buffer_.size() == 0;
 }
 
+void UpstreamConn::release_idle_memory() {
+  if (buffer_.size() != 0) return;
+  buffer_.shrink_to_fit();
+  parser_.reset();
+  req_sr_.reset();
+  req_ = {};
+}
+
 void UpstreamConn::close() noexcept {
   broken_ = true;
   error_code ec;
-  auto& sock = stream_->tcp().socket();
+  auto& sock = stream_->socket();
   sock.shutdown(asio::ip::tcp::socket::shutdown_both, ec);
   sock.close(ec);
 }

@@ -8,8 +8,9 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/ssl/error.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <boost/asio/write.hpp>
 
 #include "log.hpp"
 #include "text.hpp"
@@ -18,23 +19,39 @@ namespace upkeep {
 namespace {
 
 constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
-// Per-stream receive window: the most a stream buffers for a client that does not
-// read, and the most an abandoned response makes the origin send before the
-// RST_STREAM lands. 64 KiB (nghttpx's default too) still fills loopback and LAN
-// paths, as the consumed half is acknowledged while the client reads the rest.
-constexpr int32_t kStreamWindow = 64 * 1024;
-// A stream whose client has taken its first window is being read for real: it may
-// grow to this, so one large download is not held to a round trip per 64 KiB.
+// Per-stream receive windows. A stream starts small: an abandoned response (the
+// mission: a client that reads the head and hangs up) then costs the origin at most
+// about this much before the RST_STREAM lands, and a response up to this size
+// needs no WINDOW_UPDATE at all. Measured with tests/bench S5 (1 MiB bodies, 100
+// bytes read): 64 KiB from the start, growing to 1 MiB after 64 KiB taken, made
+// nginx send ~318 KiB per abandoned request; this ladder ~40 KiB.
+constexpr int32_t kStreamWindow = 16 * 1024;
+// A stream whose client keeps taking data grows in two steps: 64 KiB once it has
+// taken that much, then 1 MiB once it has taken 256 KiB or has been open for
+// kGrowAfter, so one large download is not held to a round trip per window. The
+// time gate is what a fast abandoning client never reaches.
+constexpr int32_t kStreamWindowMid = 64 * 1024;
 constexpr int32_t kStreamWindowRead = 1024 * 1024;
+constexpr uint64_t kGrowTaken = 256 * 1024;
+constexpr auto kGrowAfter = std::chrono::milliseconds(20);
 // The connection window covers many streams' buffers, so one slow stream never
 // starves the others.
 constexpr int32_t kConnWindow = 16 * 1024 * 1024;
-// SSL_read yields at most one TLS record (16 KiB) per call, so a larger buffer
-// would only cost memory on every idle connection.
+// SSL_read yields at most one TLS record (16 KiB) per call.
 constexpr std::size_t kReadChunk = 16 * 1024 + 512;
 constexpr std::size_t kWriteBatch = 64 * 1024;
+// Received bytes a connection hands to nghttp2 before letting other work run.
+constexpr std::size_t kReadTurn = 256 * 1024;
 // Upload bytes a stream accepts ahead of what DATA frames have taken.
 constexpr std::size_t kUploadBuffer = 64 * 1024;
+
+// nghttp2 takes each chunk before the next read, so one buffer per thread serves
+// every connection: an idle connection holds none. A function, not a thread_local
+// in the coroutine, which may resume on another thread with the old address cached.
+[[gnu::noinline]] uint8_t* read_scratch() {
+  thread_local auto buf = std::make_unique_for_overwrite<uint8_t[]>(kReadChunk);
+  return buf.get();
+}
 
 template <class Op, class... Args>
 void complete(std::optional<Op>& op, Args&&... args) {
@@ -225,6 +242,19 @@ void H2Stream::start_response_timer(std::chrono::steady_clock::duration timeout)
   });
 }
 
+void H2Stream::grow_window() {
+  if (window_ >= kStreamWindowRead || taken_ < static_cast<uint64_t>(window_)) return;
+  int32_t to = window_;
+  if (taken_ >= kGrowTaken || std::chrono::steady_clock::now() - opened_ >= kGrowAfter) {
+    to = kStreamWindowRead;
+  } else if (taken_ >= static_cast<uint64_t>(kStreamWindowMid)) {
+    to = kStreamWindowMid;
+  }
+  if (to == window_) return;
+  window_ = to;
+  nghttp2_session_set_local_window_size(conn_->session_, NGHTTP2_FLAG_NONE, id_, to);
+}
+
 H2Outcome H2Stream::end_outcome() const {
   if (cancelled_) return H2Outcome::reset;
   if (conn_->dead_ && close_outcome_ == H2Outcome::ok && !closed_) {
@@ -262,11 +292,7 @@ void H2Stream::progress() {
       taken_ += n;
       if (!conn_->dead_) {
         nghttp2_session_consume(conn_->session_, id_, n);
-        if (!window_grown_ && taken_ >= static_cast<uint64_t>(kStreamWindow)) {
-          window_grown_ = true;
-          nghttp2_session_set_local_window_size(conn_->session_, NGHTTP2_FLAG_NONE, id_,
-                                                kStreamWindowRead);
-        }
+        grow_window();
         conn_->kick();
       }
       const bool eof = eof_ && roff_ == rbuf_.size();
@@ -440,6 +466,8 @@ void H2Conn::submit(const std::shared_ptr<H2Stream>& st, std::vector<H2Field> fi
     return;
   }
   st->id_ = id;
+  st->opened_ = std::chrono::steady_clock::now();
+  st->window_ = kStreamWindow;
   streams_.emplace(id, st);
   kick();
 }
@@ -470,8 +498,8 @@ void H2Conn::fail(pool::CloseReason reason) {
   if (dead_) return;
   dead_ = true;
   error_code ignored;
-  stream_->tcp().socket().shutdown(asio::ip::tcp::socket::shutdown_both, ignored);
-  stream_->tcp().socket().close(ignored);
+  stream_->socket().shutdown(asio::ip::tcp::socket::shutdown_both, ignored);
+  stream_->socket().close(ignored);
   wake_.cancel();
   ping_timer_.cancel();
   auto streams = std::move(streams_);
@@ -486,26 +514,46 @@ void H2Conn::fail(pool::CloseReason reason) {
 }
 
 asio::awaitable<void> H2Conn::reader(std::shared_ptr<H2Conn> self) {
-  auto buf = std::make_unique_for_overwrite<uint8_t[]>(kReadChunk);
+  std::size_t fed = 0;  // bytes given to nghttp2 since the last wait
   while (!dead_) {
-    auto [ec, n] =
-        co_await stream_->async_read_some(asio::buffer(buf.get(), kReadChunk), use_tuple);
-    if (dead_) co_return;
-    if (ec) {
+    error_code ec;
+    UpstreamStream::Wait w = UpstreamStream::Wait::none;
+    uint8_t* buf = read_scratch();
+    const std::size_t n = stream_->read_nb(buf, kReadChunk, ec, w);
+    if (n > 0) {
+      auto rv = nghttp2_session_mem_recv(session_, buf, n);
+      if (rv < 0) {
+        log::warn("upstream HTTP/2 protocol error",
+                  {{"conn", std::to_string(id_)},
+                   {"detail", quoted(nghttp2_strerror(static_cast<int>(rv)))}});
+        fail(pool::CloseReason::error);
+        co_return;
+      }
+      fed += n;
+      if (fed >= kReadTurn) {
+        // A busy connection must not keep the thread from everything else.
+        kick();
+        fed = 0;
+        co_await asio::post(strand_, asio::use_awaitable);
+      }
+      continue;
+    }
+    if (ec || w == UpstreamStream::Wait::none) {
       fail(closing_ || ec == asio::error::eof || ec == asio::ssl::error::stream_truncated
                ? pool::CloseReason::server_closed
                : pool::CloseReason::error);
       co_return;
     }
-    auto rv = nghttp2_session_mem_recv(session_, buf.get(), n);
-    if (rv < 0) {
-      log::warn("upstream HTTP/2 protocol error",
-                {{"conn", std::to_string(id_)},
-                 {"detail", quoted(nghttp2_strerror(static_cast<int>(rv)))}});
+    if (fed > 0) {
+      kick();  // WINDOW_UPDATEs, SETTINGS and PING ACKs to send
+      fed = 0;
+    }
+    auto wec = co_await stream_->wait(w);
+    if (dead_) co_return;
+    if (wec) {
       fail(pool::CloseReason::error);
       co_return;
     }
-    kick();
   }
   (void)self;
 }
@@ -535,11 +583,25 @@ asio::awaitable<void> H2Conn::writer(std::shared_ptr<H2Conn> self) {
       writer_waiting_ = false;
       continue;
     }
-    auto [ec, n] = co_await asio::async_write(*stream_, asio::buffer(out_), use_tuple);
-    if (ec) {
-      fail(pool::CloseReason::error);
-      co_return;
+    // A retry after a wait passes the same bytes again, as OpenSSL requires.
+    for (std::size_t off = 0; off < out_.size();) {
+      error_code ec;
+      UpstreamStream::Wait w = UpstreamStream::Wait::none;
+      const std::size_t n = stream_->write_nb(out_.data() + off, out_.size() - off, ec, w);
+      off += n;
+      if (n > 0) continue;  // partial writes report a record at a time
+      if (ec || w == UpstreamStream::Wait::none) {
+        fail(pool::CloseReason::error);
+        co_return;
+      }
+      auto wec = co_await stream_->wait(w);
+      if (dead_) co_return;
+      if (wec) {
+        fail(pool::CloseReason::error);
+        co_return;
+      }
     }
+    if (dead_) co_return;
     if (streams_.empty() && out_.capacity() > 4096) std::string().swap(out_);  // idle: give it back
   }
   (void)self;

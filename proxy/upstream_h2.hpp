@@ -165,6 +165,7 @@ class H2Stream : public std::enable_shared_from_this<H2Stream> {
   // Completes whatever pending operation the stream's state now allows.
   void progress();
   H2Outcome end_outcome() const;
+  void grow_window();  // conn strand only; after taken_ grew
 
   std::shared_ptr<H2Conn> conn_;
   asio::any_io_executor strand_;   // the connection's serial executor
@@ -185,7 +186,8 @@ class H2Stream : public std::enable_shared_from_this<H2Stream> {
   std::string rbuf_;  // received DATA not yet taken by the client session
   std::size_t roff_ = 0;
   uint64_t taken_ = 0;  // body bytes the client session has taken
-  bool window_grown_ = false;
+  int32_t window_ = 0;  // our receive window for the stream
+  std::chrono::steady_clock::time_point opened_;
   std::string ubuf_;  // upload bytes not yet framed
   std::size_t uoff_ = 0;
   bool upload_eof_ = false;

@@ -1,0 +1,187 @@
+#include "upstream_stream.hpp"
+
+#include <cerrno>
+#include <climits>
+
+#include <openssl/err.h>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/connect.hpp>
+#include <boost/asio/ssl/error.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/core/error.hpp>
+
+namespace upkeep {
+namespace {
+
+constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
+
+// SSL_get_error after a failed call, as an Asio error or a wait.
+error_code tls_error(SSL* ssl, int rv, UpstreamStream::Wait& wait) {
+  const int saved_errno = errno;
+  switch (SSL_get_error(ssl, rv)) {
+    case SSL_ERROR_WANT_READ:
+      wait = UpstreamStream::Wait::read;
+      return {};
+    case SSL_ERROR_WANT_WRITE:
+      wait = UpstreamStream::Wait::write;
+      return {};
+    case SSL_ERROR_ZERO_RETURN:  // close_notify
+      return asio::error::eof;
+    case SSL_ERROR_SYSCALL: {
+      unsigned long e = ERR_get_error();
+      if (e != 0) return {static_cast<int>(e), asio::error::get_ssl_category()};
+      if (saved_errno != 0) return {saved_errno, boost::system::system_category()};
+      return asio::ssl::error::stream_truncated;  // TCP closed without close_notify
+    }
+    default: {
+      unsigned long e = ERR_get_error();
+      if (ERR_GET_REASON(e) == SSL_R_UNEXPECTED_EOF_WHILE_READING) {
+        return asio::ssl::error::stream_truncated;
+      }
+      return {static_cast<int>(e), asio::error::get_ssl_category()};
+    }
+  }
+}
+
+}  // namespace
+
+// Shared by every pending operation's timer handler: the stream may be gone by the
+// time a fired timer's handler runs.
+struct UpstreamStream::Deadline {
+  explicit Deadline(const executor_type& ex) : timer(ex) {}
+  asio::steady_timer timer;
+  socket_type* socket = nullptr;  // null once the stream is destroyed
+  bool fired = false;
+  bool armed = false;
+};
+
+UpstreamStream::UpstreamStream(executor_type ex, std::shared_ptr<asio::ssl::context> ctx, bool tls)
+    : socket_(std::move(ex)), ctx_(std::move(ctx)) {
+  if (tls) {
+    ssl_ = SSL_new(ctx_->native_handle());
+    if (!ssl_) throw std::bad_alloc();
+    // Whole socket reads, not a 5-byte header and then the record: half the recv
+    // calls. SSL_MODE_RELEASE_BUFFERS (set on the context) still frees the buffer
+    // whenever it runs empty.
+    SSL_set_read_ahead(ssl_, 1);
+    // A write that had to wait is retried with the same bytes from a buffer that may
+    // have moved (the gather scratch); each record is reported as soon as it is sent.
+    SSL_set_mode(ssl_, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_ENABLE_PARTIAL_WRITE);
+  }
+}
+
+UpstreamStream::~UpstreamStream() {
+  if (deadline_) {
+    deadline_->socket = nullptr;
+    deadline_->timer.cancel();
+  }
+  if (ssl_) SSL_free(ssl_);
+}
+
+char* UpstreamStream::gather_scratch() {
+  thread_local std::unique_ptr<char[]> buf;
+  if (!buf) buf = std::make_unique_for_overwrite<char[]>(kGather);
+  return buf.get();
+}
+
+void UpstreamStream::expires_at(clock::time_point t) {
+  if (!deadline_) {
+    deadline_ = std::make_shared<Deadline>(socket_.get_executor());
+    deadline_->socket = &socket_;
+  }
+  deadline_->fired = false;
+  deadline_->armed = true;
+  deadline_->timer.expires_at(t);
+  deadline_->timer.async_wait([d = deadline_](error_code ec) {
+    if (ec || !d->armed || d->timer.expiry() > clock::now() || !d->socket) return;
+    d->fired = true;
+    error_code ignored;
+    d->socket->cancel(ignored);
+  });
+}
+
+void UpstreamStream::expires_never() {
+  if (!deadline_) return;
+  deadline_->armed = false;
+  deadline_->fired = false;
+  deadline_->timer.cancel();
+}
+
+bool UpstreamStream::timed_out() const noexcept {
+  return deadline_ && deadline_->fired;
+}
+
+error_code UpstreamStream::waited(error_code ec) const {
+  if (ec == asio::error::operation_aborted && timed_out()) return boost::beast::error::timeout;
+  return ec;
+}
+
+asio::awaitable<error_code> UpstreamStream::connect(
+    const std::vector<asio::ip::tcp::endpoint>& endpoints) {
+  auto [ec, ep] = co_await asio::async_connect(socket_, endpoints, use_tuple);
+  if (ec) co_return waited(ec);
+  socket_.set_option(asio::ip::tcp::no_delay(true), ec);
+  socket_.non_blocking(true, ec);  // the synchronous attempts below must not block
+  co_return ec;
+}
+
+asio::awaitable<error_code> UpstreamStream::wait(Wait w) {
+  if (timed_out()) co_return boost::beast::error::timeout;
+  auto [ec] = co_await socket_.async_wait(
+      w == Wait::write ? socket_type::wait_write : socket_type::wait_read, use_tuple);
+  co_return waited(ec);
+}
+
+asio::awaitable<error_code> UpstreamStream::handshake() {
+  if (!ssl_) co_return error_code{};
+  if (SSL_set_fd(ssl_, socket_.native_handle()) != 1) {
+    co_return error_code{static_cast<int>(ERR_get_error()), asio::error::get_ssl_category()};
+  }
+  for (;;) {
+    ERR_clear_error();
+    const int rv = SSL_connect(ssl_);
+    if (rv == 1) co_return error_code{};
+    Wait w = Wait::none;
+    error_code ec = tls_error(ssl_, rv, w);
+    if (ec) co_return ec;
+    if (auto wec = co_await wait(w)) co_return wec;
+  }
+}
+
+std::size_t UpstreamStream::read_nb(void* data, std::size_t n, error_code& ec, Wait& wait) {
+  wait = Wait::none;
+  if (!ssl_) {
+    std::size_t got = socket_.read_some(asio::buffer(data, n), ec);
+    if (ec == asio::error::would_block || ec == asio::error::try_again) {
+      ec = {};
+      wait = Wait::read;
+    }
+    return got;
+  }
+  ERR_clear_error();
+  const int rv = SSL_read(ssl_, data, static_cast<int>(std::min<std::size_t>(n, INT_MAX)));
+  if (rv > 0) return static_cast<std::size_t>(rv);
+  ec = tls_error(ssl_, rv, wait);
+  return 0;
+}
+
+std::size_t UpstreamStream::write_nb(const void* data, std::size_t n, error_code& ec, Wait& wait) {
+  wait = Wait::none;
+  if (n == 0) return 0;
+  if (!ssl_) {
+    std::size_t put = socket_.write_some(asio::buffer(data, n), ec);
+    if (ec == asio::error::would_block || ec == asio::error::try_again) {
+      ec = {};
+      wait = Wait::write;
+    }
+    return put;
+  }
+  ERR_clear_error();
+  const int rv = SSL_write(ssl_, data, static_cast<int>(std::min<std::size_t>(n, INT_MAX)));
+  if (rv > 0) return static_cast<std::size_t>(rv);
+  ec = tls_error(ssl_, rv, wait);
+  return 0;
+}
+
+}  // namespace upkeep
