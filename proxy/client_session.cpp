@@ -14,13 +14,13 @@
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/string.hpp>
-#include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http/empty_body.hpp>
 #include <boost/beast/http/read.hpp>
 #include <boost/beast/http/string_body.hpp>
 #include <boost/beast/http/write.hpp>
 
 #include "access_log.hpp"
+#include "client_stream.hpp"
 #include "http_rules.hpp"
 #include "log.hpp"
 #include "metrics.hpp"
@@ -117,7 +117,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   asio::awaitable<void> send_error(errc e, unsigned version, bool close, AccessEntry& entry,
                                    std::string_view detail = {});
 
-  beast::tcp_stream stream_;
+  ClientStream stream_;
   std::shared_ptr<Runtime> rt_;
   std::string client_ = "-";
   bool idle_ = false;  // waiting for the first byte of a request; only the strand touches it

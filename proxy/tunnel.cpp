@@ -47,7 +47,7 @@ asio::awaitable<void> pump(tcp::socket& from, tcp::socket& to, uint64_t& counter
 
 }  // namespace
 
-asio::awaitable<errc> run_tunnel(beast::tcp_stream& client, beast::flat_buffer& pending,
+asio::awaitable<errc> run_tunnel(ClientStream& client, beast::flat_buffer& pending,
                                  const HostPort& target, const Snapshot& snap, AccessEntry& e) {
   using namespace asio::experimental::awaitable_operators;
   auto ex = client.get_executor();

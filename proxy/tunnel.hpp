@@ -5,6 +5,7 @@
 #include <boost/beast/core/tcp_stream.hpp>
 
 #include "access_log.hpp"
+#include "client_stream.hpp"
 #include "runtime.hpp"
 
 namespace upkeep {
@@ -13,7 +14,7 @@ namespace upkeep {
 // "200 Connection established", then relays both ways with half-close until both
 // sides are done. Returns the error to answer with if the connect failed (nothing
 // has been sent to the client then); errc::ok once the tunnel has run.
-asio::awaitable<errc> run_tunnel(beast::tcp_stream& client, beast::flat_buffer& pending,
+asio::awaitable<errc> run_tunnel(ClientStream& client, beast::flat_buffer& pending,
                                  const HostPort& target, const Snapshot& snap, AccessEntry& e);
 
 }  // namespace upkeep

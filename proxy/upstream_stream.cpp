@@ -46,18 +46,8 @@ error_code tls_error(SSL* ssl, int rv, UpstreamStream::Wait& wait) {
 
 }  // namespace
 
-// Shared by every pending operation's timer handler: the stream may be gone by the
-// time a fired timer's handler runs.
-struct UpstreamStream::Deadline {
-  explicit Deadline(const executor_type& ex) : timer(ex) {}
-  asio::steady_timer timer;
-  socket_type* socket = nullptr;  // null once the stream is destroyed
-  bool fired = false;
-  bool armed = false;
-};
-
 UpstreamStream::UpstreamStream(executor_type ex, std::shared_ptr<asio::ssl::context> ctx, bool tls)
-    : socket_(std::move(ex)), ctx_(std::move(ctx)) {
+    : socket_(std::move(ex)), ctx_(std::move(ctx)), deadline_(socket_.get_executor(), socket_) {
   if (tls) {
     ssl_ = SSL_new(ctx_->native_handle());
     if (!ssl_) throw std::bad_alloc();
@@ -72,10 +62,6 @@ UpstreamStream::UpstreamStream(executor_type ex, std::shared_ptr<asio::ssl::cont
 }
 
 UpstreamStream::~UpstreamStream() {
-  if (deadline_) {
-    deadline_->socket = nullptr;
-    deadline_->timer.cancel();
-  }
   if (ssl_) SSL_free(ssl_);
 }
 
@@ -83,33 +69,6 @@ char* UpstreamStream::gather_scratch() {
   thread_local std::unique_ptr<char[]> buf;
   if (!buf) buf = std::make_unique_for_overwrite<char[]>(kGather);
   return buf.get();
-}
-
-void UpstreamStream::expires_at(clock::time_point t) {
-  if (!deadline_) {
-    deadline_ = std::make_shared<Deadline>(socket_.get_executor());
-    deadline_->socket = &socket_;
-  }
-  deadline_->fired = false;
-  deadline_->armed = true;
-  deadline_->timer.expires_at(t);
-  deadline_->timer.async_wait([d = deadline_](error_code ec) {
-    if (ec || !d->armed || d->timer.expiry() > clock::now() || !d->socket) return;
-    d->fired = true;
-    error_code ignored;
-    d->socket->cancel(ignored);
-  });
-}
-
-void UpstreamStream::expires_never() {
-  if (!deadline_) return;
-  deadline_->armed = false;
-  deadline_->fired = false;
-  deadline_->timer.cancel();
-}
-
-bool UpstreamStream::timed_out() const noexcept {
-  return deadline_ && deadline_->fired;
 }
 
 error_code UpstreamStream::waited(error_code ec) const {

@@ -27,7 +27,8 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/ssl/context.hpp>
-#include <boost/asio/steady_timer.hpp>
+
+#include "deadline.hpp"
 
 namespace upkeep {
 
@@ -55,12 +56,11 @@ class UpstreamStream {
   // wait would not see them.
   bool has_pending() const noexcept { return ssl_ && SSL_has_pending(ssl_) == 1; }
 
-  // A deadline for the operations pending or started before it passes: they fail
-  // with beast::error::timeout (as with beast::basic_stream, without a timer
-  // operation per read and write).
-  void expires_at(clock::time_point t);
-  void expires_after(clock::duration d) { expires_at(clock::now() + d); }
-  void expires_never();
+  // On expiry the pending operations fail with beast::error::timeout and the
+  // socket is shut down.
+  void expires_at(clock::time_point t) { deadline_.expires_at(t); }
+  void expires_after(clock::duration d) { deadline_.expires_after(d); }
+  void expires_never() { deadline_.expires_never(); }
 
   asio::awaitable<error_code> connect(const std::vector<asio::ip::tcp::endpoint>& endpoints);
   // The client handshake; SNI, verification and ALPN are set on ssl() before.
@@ -87,8 +87,6 @@ class UpstreamStream {
   }
 
  private:
-  struct Deadline;
-
   // Several small buffers (a request head and its body) go out as one TLS record and
   // one send: gathered into a per-thread scratch of up to this many bytes.
   static constexpr std::size_t kGather = 16 * 1024;
@@ -176,12 +174,12 @@ class UpstreamStream {
     }
   };
 
-  bool timed_out() const noexcept;
+  bool timed_out() const noexcept { return deadline_.fired(); }
 
   socket_type socket_;
   std::shared_ptr<asio::ssl::context> ctx_;  // keeps the SSL_CTX's callbacks alive
   SSL* ssl_ = nullptr;
-  std::shared_ptr<Deadline> deadline_;  // created on first use
+  Deadline deadline_;
 };
 
 }  // namespace upkeep
