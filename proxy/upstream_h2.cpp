@@ -113,7 +113,10 @@ struct H2Callbacks {
           for (auto& f : st->fields_)
             h.insert(f.name, f.value);
           st->fields_.clear();
-          if (st->status_ >= 200) st->final_head_ = true;
+          if (st->status_ >= 200) {
+            st->final_head_ = true;
+            st->fit_window(h);
+          }
           st->heads_.push_back(std::move(h));
           st->status_ = 0;
         }
@@ -240,6 +243,22 @@ void H2Stream::start_response_timer(std::chrono::steady_clock::duration timeout)
       self->progress();
     });
   });
+}
+
+void H2Stream::fit_window(const http::response_header<>& h) {
+  // A body announced to fit in the middle window comes in one go: waiting for
+  // WINDOW_UPDATEs would cost round trips, and abandoning it costs little anyway.
+  auto it = h.find(http::field::content_length);
+  if (it == h.end()) return;
+  uint64_t len = 0;
+  for (char c : it->value()) {
+    if (c < '0' || c > '9' || len > static_cast<uint64_t>(kStreamWindowMid)) return;
+    len = len * 10 + static_cast<uint64_t>(c - '0');
+  }
+  if (len <= static_cast<uint64_t>(window_) || len > static_cast<uint64_t>(kStreamWindowMid))
+    return;
+  window_ = static_cast<int32_t>(len);
+  nghttp2_session_set_local_window_size(conn_->session_, NGHTTP2_FLAG_NONE, id_, window_);
 }
 
 void H2Stream::grow_window() {

@@ -165,7 +165,8 @@ class H2Stream : public std::enable_shared_from_this<H2Stream> {
   // Completes whatever pending operation the stream's state now allows.
   void progress();
   H2Outcome end_outcome() const;
-  void grow_window();  // conn strand only; after taken_ grew
+  void grow_window();                                 // conn strand only; after taken_ grew
+  void fit_window(const http::response_header<>& h);  // conn strand only; the final head
 
   std::shared_ptr<H2Conn> conn_;
   asio::any_io_executor strand_;   // the connection's serial executor
