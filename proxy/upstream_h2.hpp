@@ -188,8 +188,7 @@ class H2Stream : public std::enable_shared_from_this<H2Stream> {
   std::size_t roff_ = 0;
   uint64_t taken_ = 0;  // body bytes the client session has taken
   int32_t window_ = 0;  // our receive window for the stream
-  std::chrono::steady_clock::time_point opened_;
-  std::string ubuf_;  // upload bytes not yet framed
+  std::string ubuf_;    // upload bytes not yet framed
   std::size_t uoff_ = 0;
   bool upload_eof_ = false;
   bool upload_deferred_ = false;
