@@ -2,7 +2,6 @@
 #pragma once
 
 #include <boost/beast/core/flat_buffer.hpp>
-#include <boost/beast/core/tcp_stream.hpp>
 
 #include "access_log.hpp"
 #include "client_stream.hpp"

@@ -1,6 +1,7 @@
 #include "upstream_h2.hpp"
 
 #include <algorithm>
+#include <charconv>
 #include <cstring>
 
 #include <nghttp2/nghttp2.h>
@@ -250,14 +251,12 @@ void H2Stream::fit_window(const http::response_header<>& h) {
   // WINDOW_UPDATEs would cost round trips, and abandoning it costs little anyway.
   auto it = h.find(http::field::content_length);
   if (it == h.end()) return;
-  uint64_t len = 0;
-  for (char c : it->value()) {
-    if (c < '0' || c > '9' || len > static_cast<uint64_t>(kStreamWindowMid)) return;
-    len = len * 10 + static_cast<uint64_t>(c - '0');
-  }
-  if (len <= static_cast<uint64_t>(window_) || len > static_cast<uint64_t>(kStreamWindowMid))
-    return;
-  window_ = static_cast<int32_t>(len);
+  const auto v = it->value();
+  int32_t len = 0;
+  auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), len);
+  if (ec != std::errc{} || end != v.data() + v.size()) return;  // too large for int32 too
+  if (len <= window_ || len > kStreamWindowMid) return;
+  window_ = len;
   nghttp2_session_set_local_window_size(conn_->session_, NGHTTP2_FLAG_NONE, id_, window_);
 }
 

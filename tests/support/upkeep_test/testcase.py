@@ -9,8 +9,28 @@ from .nginx import Nginx
 from .proxy import Upkeep, route
 
 
+# Request fields that belong to one connection (RFC 9110 §7.6.1) or to the proxy:
+# sent by a client, none may reach the origin (TE only as "trailers").
+HOP_BY_HOP_PROBE = [
+    ("Host", "wrong.example"),
+    ("Connection", "keep-alive, X-Custom-Hop"),
+    ("X-Custom-Hop", "must not pass"),
+    ("Proxy-Connection", "keep-alive"),
+    ("Keep-Alive", "timeout=5"),
+    ("Proxy-Authorization", "Basic dXNlcjpwYXNz"),
+    ("TE", "trailers"),
+]
+HOP_BY_HOP_NAMES = ("connection", "x-custom-hop", "proxy-connection", "keep-alive",
+                    "proxy-authorization", "transfer-encoding", "upgrade")
+
+
 class UpkeepTestCase(unittest.TestCase):
     maxDiff = 4000
+
+    def assertNoHopByHop(self, names, headers):
+        """names: the field names the origin received; headers: for the message."""
+        for hop in HOP_BY_HOP_NAMES:
+            self.assertNotIn(hop, names, "hop-by-hop header %s was forwarded: %r" % (hop, headers))
 
     # -- fixtures, each ended by cleanup (registered at start) -------------------
     def start_nginx(self):
