@@ -1,9 +1,13 @@
 #include "client_session.hpp"
 
 #include <array>
+#include <cstdio>
+#include <span>
 #include <string>
+#include <string_view>
 #include <tuple>
 #include <utility>
+#include <vector>
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -114,6 +118,12 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   asio::awaitable<void> drain(std::shared_ptr<ConnectionPool> pool,
                               std::shared_ptr<UpstreamConn> conn, const UpstreamSettings& s);
   asio::awaitable<bool> send_interim(const http::response_header<>& h);
+  // One gathered write of a response piece: the head when given, the body bytes
+  // (chunk-framed when chunked) and, after the last, the chunked terminator with any
+  // trailers. Writes nothing when there is nothing to send.
+  asio::awaitable<error_code> write_piece(std::string_view head, std::span<const char> body,
+                                          bool chunked, bool last,
+                                          const std::vector<H2Field>* trailers = nullptr);
   asio::awaitable<void> send_error(errc e, unsigned version, bool close, AccessEntry& entry,
                                    std::string_view detail = {});
 
@@ -136,6 +146,19 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
     return resp_buf_.get();
   }
 };
+
+// The status line and fields of an HTTP/1.x head.
+std::string serialize_head(const http::response_header<>& h, unsigned version) {
+  std::string out;
+  out.reserve(256);
+  out += version >= 11 ? "HTTP/1.1 " : "HTTP/1.0 ";
+  out += std::to_string(h.result_int());
+  out += ' ';
+  out += h.reason().empty() ? http::obsolete_reason(h.result()) : h.reason();
+  out += "\r\n";
+  append_fields(out, h);
+  return out;
+}
 
 bool looks_like_tls(const beast::flat_buffer& b) {
   auto d = static_cast<const unsigned char*>(b.data().data());
@@ -350,8 +373,7 @@ asio::awaitable<bool> ClientSession::exchange(RequestParser& parser, const Snaps
     om.requests_h1.inc();
     if (lease.reused) om.reused.inc();
 
-    http::request_header<> copy = up;
-    error_code ec = co_await conn->write_header(std::move(copy), has_body);
+    error_code ec = co_await conn->write_header(up, has_body);
     bool body_sent = !has_body;
     // Sends the request body; false when the exchange is over (already answered).
     auto send_body = [&]() -> asio::awaitable<bool> {
@@ -425,13 +447,13 @@ asio::awaitable<bool> ClientSession::exchange(RequestParser& parser, const Snaps
     const bool upstream_has_length = rh.count(http::field::content_length) != 0;
     bool close_client =
         !client_keep_alive || request_abandoned || rt_->draining.load() || status == 101;
-    http::response<http::buffer_body> down{std::move(rh)};
     if (!no_body && !upstream_has_length && version < 11) close_client = true;
-    prepare_downstream_response(down, version, !close_client);
-    if (!no_body && !upstream_has_length && version >= 11) down.chunked(true);
+    prepare_downstream_response(rh, version, !close_client);
+    const bool chunked = !no_body && !upstream_has_length && version >= 11;
+    if (chunked) rh.set(http::field::transfer_encoding, "chunked");
     e.status = static_cast<int>(status);
+    const std::string head_text = serialize_head(rh, version);
 
-    http::response_serializer<http::buffer_body> sr{down};
     stream_.expires_after(snap.router->config().limits.client_idle_timeout);
     // The upstream's part is over before the client sees the last byte, so the
     // connection goes back first: a client that sends its next request the moment
@@ -444,17 +466,15 @@ asio::awaitable<bool> ClientSession::exchange(RequestParser& parser, const Snaps
     };
     if (no_body) {
       release_done();
-      auto [wec, wn] = co_await http::async_write_header(stream_, sr, use_tuple);
+      auto wec = co_await write_piece(head_text, {}, false, false);
       stream_.expires_never();
       write_access_log(e);
       co_return !wec && !close_client;
     }
-    down.body().data = nullptr;
-    down.body().more = true;
     // The head goes out on its own first, so a slow or streamed body (long poll,
     // server-sent events) does not hold it back; unless body bytes came with it,
     // which then share its write (one syscall for a small response).
-    for (bool head_only = !conn->has_buffered_bytes();; head_only = false) {
+    for (bool first = true, head_only = !conn->has_buffered_bytes();; first = head_only = false) {
       std::size_t n = 0;
       bool last = false;
       if (!head_only) {
@@ -471,16 +491,10 @@ asio::awaitable<bool> ClientSession::exchange(RequestParser& parser, const Snaps
         n = got;
         last = conn->response_done();
         if (last) release_done();
-        // An empty buffer must be passed as null: Beast would emit a zero-size chunk,
-        // which is the chunked terminator, and then terminate the body again.
-        down.body().data = n ? body_buf() : nullptr;
-        down.body().size = n;
-        down.body().more = !last;
       }
       stream_.expires_after(snap.router->config().limits.client_idle_timeout);
-      auto [wec, wn] = head_only ? co_await http::async_write_header(stream_, sr, use_tuple)
-                                 : co_await http::async_write(stream_, sr, use_tuple);
-      if (wec == http::error::need_buffer) wec = {};
+      auto wec = co_await write_piece(first ? std::string_view(head_text) : std::string_view(),
+                                      {body_buf(), n}, chunked, last);
       if (wec) {
         stream_.expires_never();
         e.error = "client_closed";
@@ -595,25 +609,6 @@ std::vector<H2Field> h2_request_fields(const http::request_header<>& up, bool tl
     }
     out.push_back({to_ascii_lower(f.name_string()), std::string(f.value())});
   }
-  return out;
-}
-
-// The status line and fields of an HTTP/1.x head.
-std::string serialize_head(const http::response_header<>& h, unsigned version) {
-  std::string out;
-  out.reserve(256);
-  out += version >= 11 ? "HTTP/1.1 " : "HTTP/1.0 ";
-  out += std::to_string(h.result_int());
-  out += ' ';
-  out += h.reason().empty() ? http::obsolete_reason(h.result()) : h.reason();
-  out += "\r\n";
-  for (const auto& f : h) {
-    out += f.name_string();
-    out += ": ";
-    out += f.value();
-    out += "\r\n";
-  }
-  out += "\r\n";
   return out;
 }
 
@@ -801,9 +796,7 @@ asio::awaitable<H2Attempt> ClientSession::respond_h2(H2Exchange& x, std::shared_
   if (no_body) {
     x.release_stream();
     stream_.expires_after(client_timeout);
-    if (auto [wec, wn] = co_await asio::async_write(stream_, asio::buffer(head_text), use_tuple);
-        wec)
-      co_return client_gone();
+    if (auto wec = co_await write_piece(head_text, {}, false, false); wec) co_return client_gone();
   } else {
     char* buf = x.has_body ? resp_buf() : body_buf();
     for (bool first = true;; first = false) {
@@ -817,35 +810,11 @@ asio::awaitable<H2Attempt> ClientSession::respond_h2(H2Exchange& x, std::shared_
         co_return H2Attempt::finished_close;
       }
       if (rd.eof) x.release_stream();
-      char size_line[24];
-      std::string tail;
-      std::array<asio::const_buffer, 4> bufs;  // unused entries stay empty
-      std::size_t nb = 0;
-      if (first) bufs[nb++] = asio::buffer(head_text);
-      if (chunked && rd.n > 0) {
-        int len = std::snprintf(size_line, sizeof size_line, "%zx\r\n", rd.n);
-        bufs[nb++] = asio::buffer(size_line, static_cast<std::size_t>(len));
-      }
-      if (rd.n > 0) bufs[nb++] = asio::buffer(buf, rd.n);
-      if (chunked) {
-        if (rd.n > 0) tail = "\r\n";
-        if (rd.eof) {
-          tail += "0\r\n";
-          for (const auto& t : st->trailers()) {
-            tail += t.name;
-            tail += ": ";
-            tail += t.value;
-            tail += "\r\n";
-          }
-          tail += "\r\n";
-        }
-        if (!tail.empty()) bufs[nb++] = asio::buffer(tail);
-      }
-      if (nb > 0) {
-        stream_.expires_after(client_timeout);
-        auto [wec, wn] = co_await asio::async_write(stream_, bufs, use_tuple);
-        if (wec) co_return client_gone();
-      }
+      stream_.expires_after(client_timeout);
+      if (auto wec = co_await write_piece(first ? std::string_view(head_text) : std::string_view(),
+                                          {buf, rd.n}, chunked, rd.eof, &st->trailers());
+          wec)
+        co_return client_gone();
       e.bytes += rd.n;
       if (rd.eof) break;
     }
@@ -853,6 +822,42 @@ asio::awaitable<H2Attempt> ClientSession::respond_h2(H2Exchange& x, std::shared_
   stream_.expires_never();
   write_access_log(e);
   co_return close_client ? H2Attempt::finished_close : H2Attempt::finished_keep;
+}
+
+asio::awaitable<error_code> ClientSession::write_piece(std::string_view head,
+                                                       std::span<const char> body, bool chunked,
+                                                       bool last,
+                                                       const std::vector<H2Field>* trailers) {
+  char size_line[24];
+  std::string tail;
+  std::array<asio::const_buffer, 4> bufs;
+  std::size_t nb = 0;
+  if (!head.empty()) bufs[nb++] = asio::buffer(head.data(), head.size());
+  if (chunked && !body.empty()) {
+    const int len = std::snprintf(size_line, sizeof size_line, "%zx\r\n", body.size());
+    bufs[nb++] = asio::buffer(size_line, static_cast<std::size_t>(len));
+  }
+  if (!body.empty()) bufs[nb++] = asio::buffer(body.data(), body.size());
+  if (chunked) {
+    // A zero-size chunk is the terminator, so an empty piece sends no chunk.
+    if (!body.empty()) tail = "\r\n";
+    if (last) {
+      tail += "0\r\n";
+      if (trailers) {
+        for (const auto& t : *trailers) {
+          tail += t.name;
+          tail += ": ";
+          tail += t.value;
+          tail += "\r\n";
+        }
+      }
+      tail += "\r\n";
+    }
+    if (!tail.empty()) bufs[nb++] = asio::buffer(tail);
+  }
+  if (nb == 0) co_return error_code{};
+  auto [ec, n] = co_await asio::async_write(stream_, std::span(bufs.data(), nb), use_tuple);
+  co_return ec;
 }
 
 // 1xx heads go to HTTP/1.1 clients only (RFC 9110 §15.2: not to 1.0 clients).

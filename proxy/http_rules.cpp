@@ -315,6 +315,38 @@ std::optional<std::chrono::seconds> keep_alive_timeout(const http::fields& f) {
   return out;
 }
 
+bool header_keep_alive(const http::fields& f, unsigned version) {
+  bool close = false;
+  bool keep_alive = false;
+  for (const auto& fld : values_of(f, http::field::connection)) {
+    for_each_list_element(sv(fld.value()), [&](std::string_view tok) {
+      if (iequals(tok, "close")) close = true;
+      if (iequals(tok, "keep-alive")) keep_alive = true;
+    });
+  }
+  return version >= 11 ? !close : keep_alive && !close;
+}
+
+bool header_chunked(const http::fields& f) {
+  std::string_view last;
+  for (const auto& fld : values_of(f, http::field::transfer_encoding)) {
+    for_each_list_element(sv(fld.value()), [&last](std::string_view tok) { last = tok; });
+  }
+  auto semi = last.find(';');
+  return iequals(trim_ows(last.substr(0, semi == std::string_view::npos ? last.size() : semi)),
+                 "chunked");
+}
+
+void append_fields(std::string& out, const http::fields& f) {
+  for (const auto& fld : f) {
+    out += fld.name_string();
+    out += ": ";
+    out += fld.value();
+    out += "\r\n";
+  }
+  out += "\r\n";
+}
+
 bool is_idempotent(http::verb v) noexcept {
   switch (v) {
     case http::verb::get:

@@ -54,6 +54,14 @@ void prepare_downstream_response(http::response_header<>& res, unsigned client_v
 // Keep-Alive: timeout=N from a response, if present and sane.
 std::optional<std::chrono::seconds> keep_alive_timeout(const http::fields& f);
 
+// Beast's message::keep_alive() and chunked(), for a bare header: the Connection
+// tokens against the version's default, and "chunked" as the final transfer coding.
+bool header_keep_alive(const http::fields& f, unsigned version);
+bool header_chunked(const http::fields& f);
+
+// Appends each field as "Name: value\r\n", then the blank line that ends a head.
+void append_fields(std::string& out, const http::fields& f);
+
 // RFC 9110 §9.2.2 idempotent methods (GET, HEAD, OPTIONS, TRACE, PUT, DELETE).
 bool is_idempotent(http::verb v) noexcept;
 

@@ -19,7 +19,6 @@
 #include <boost/beast/http/buffer_body.hpp>
 #include <boost/beast/http/message.hpp>
 #include <boost/beast/http/parser.hpp>
-#include <boost/beast/http/serializer.hpp>
 
 #include "upstream_stream.hpp"
 
@@ -44,7 +43,7 @@ class UpstreamConn {
   // --- one HTTP/1.1 exchange at a time ---
   // Starts a new exchange: takes the prepared request header. If body_follows, the
   // body is sent with write_body (chunked framing when req.chunked() is set).
-  asio::awaitable<error_code> write_header(http::request_header<>&& h, bool body_follows);
+  asio::awaitable<error_code> write_header(const http::request_header<>& h, bool body_follows);
   asio::awaitable<error_code> write_body(const char* data, std::size_t n, bool last);
   // Waits up to `d` for the first response bytes (true), or gives up (false) so an
   // Expect: 100-continue body can be sent to an origin that never answers 100.
@@ -87,11 +86,11 @@ class UpstreamConn {
   std::unique_ptr<UpstreamStream> stream_;
   std::string protocol_;
   beast::flat_buffer buffer_{64 * 1024};
-  http::request<http::buffer_body> req_;
-  std::optional<http::request_serializer<http::buffer_body>> req_sr_;
+  std::string head_;  // the request head being sent; kept for its capacity
   std::optional<http::response_parser<http::buffer_body>> parser_;
   bool request_done_ = false;
   bool request_close_ = false;
+  bool request_chunked_ = false;
   bool got_bytes_ = false;
   bool broken_ = false;
 };

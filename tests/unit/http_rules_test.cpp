@@ -407,6 +407,38 @@ TEST_CASE("keep_alive_timeout") {
   CHECK_FALSE(ka({"xtimeout=5"}).has_value());
 }
 
+TEST_CASE("header_keep_alive and header_chunked agree with Beast's message") {
+  // Beast's message<> answers the same questions; the bare-header versions must too.
+  struct Case {
+    unsigned version;
+    const char* connection;  // nullptr: no field
+    const char* te;
+  };
+  const Case cases[] = {
+      {11, nullptr, nullptr},   {11, "close", nullptr},         {11, "Keep-Alive, CLOSE", nullptr},
+      {10, nullptr, nullptr},   {10, "keep-alive", nullptr},    {10, "foo,  keep-alive ", nullptr},
+      {11, nullptr, "chunked"}, {11, nullptr, "gzip, Chunked"}, {11, nullptr, "chunked, gzip"},
+      {11, nullptr, "gzip"}};
+  for (const auto& c : cases) {
+    http::request<http::empty_body> m;
+    m.version(c.version);
+    if (c.connection) m.set(http::field::connection, c.connection);
+    if (c.te) m.set(http::field::transfer_encoding, c.te);
+    CAPTURE(c.version);
+    CAPTURE(std::string(c.connection ? c.connection : "-"));
+    CAPTURE(std::string(c.te ? c.te : "-"));
+    CHECK(header_keep_alive(m.base(), c.version) == m.keep_alive());
+    CHECK(header_chunked(m.base()) == m.chunked());
+  }
+  // Two Transfer-Encoding lines: the last coding of the last line decides.
+  http::fields f;
+  f.insert(http::field::transfer_encoding, "chunked");
+  f.insert(http::field::transfer_encoding, "gzip");
+  CHECK_FALSE(header_chunked(f));
+  f.insert(http::field::transfer_encoding, "chunked");
+  CHECK(header_chunked(f));
+}
+
 TEST_CASE("is_idempotent") {
   for (auto v : {http::verb::get, http::verb::head, http::verb::options, http::verb::trace,
                  http::verb::put, http::verb::delete_}) {
