@@ -28,6 +28,7 @@
 #include "http_rules.hpp"
 #include "log.hpp"
 #include "metrics.hpp"
+#include "relay_buffer.hpp"
 #include "tunnel.hpp"
 #include "upstream_h2.hpp"
 
@@ -36,7 +37,7 @@ namespace {
 
 constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
 using tcp = asio::ip::tcp;
-constexpr std::size_t kBodyChunk = 64 * 1024;
+constexpr std::size_t kBodyChunk = RelayBuffer::kSize;
 
 // Body relay outcome: which side failed decides what happens to the upstream.
 enum class BodyResult { ok, client_failed, client_malformed, upstream_failed };
@@ -132,19 +133,13 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   std::string client_ = "-";
   bool idle_ = false;  // waiting for the first byte of a request; only the strand touches it
   beast::flat_buffer buffer_;
-  // Allocated for an exchange and freed while the client idles, so an idle
+  // Taken for an exchange and given back while the client idles, so an idle
   // keep-alive connection costs a few hundred bytes, not a body buffer.
-  std::unique_ptr<char[]> body_buf_;
-  char* body_buf() {
-    if (!body_buf_) body_buf_ = std::make_unique_for_overwrite<char[]>(kBodyChunk);
-    return body_buf_.get();
-  }
+  RelayBuffer body_buf_;
+  char* body_buf() { return body_buf_.get(); }
   // The response half of a full-duplex HTTP/2 exchange, while body_buf() uploads.
-  std::unique_ptr<char[]> resp_buf_;
-  char* resp_buf() {
-    if (!resp_buf_) resp_buf_ = std::make_unique_for_overwrite<char[]>(kBodyChunk);
-    return resp_buf_.get();
-  }
+  RelayBuffer resp_buf_;
+  char* resp_buf() { return resp_buf_.get(); }
 };
 
 // The status line and fields of an HTTP/1.x head.
