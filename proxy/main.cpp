@@ -38,11 +38,13 @@ int main(int argc, char** argv) {
   // OpenSSL writes upstream TLS with write(2), which raises SIGPIPE when the origin
   // has reset the connection; the write's EPIPE is the error we handle.
   std::signal(SIGPIPE, SIG_IGN);
-  // Exchanges take and give back 64 KiB body buffers at request rate. With glibc's
-  // default 128 KiB trim threshold, a few of them freed at the top of the heap make
-  // free() shrink it with brk and the next exchange grow it again, page faults and
-  // all (0.35 brk per request in S1). Keep up to 4 MiB of free heap instead.
-  mallopt(M_TRIM_THRESHOLD, 4 << 20);
+  // glibc's defaults return memory to the kernel eagerly: free() shrinks the heap
+  // with brk once 128 KiB at its top is free (0.35 times per S1 h1 request, each
+  // shrink paid back in page faults by the next exchange). Keep up to 8 MiB of free
+  // heap. Setting it freezes the mmap threshold at 128 KiB, so raise that too:
+  // blocks that size and larger come and go at request rate as well.
+  mallopt(M_TRIM_THRESHOLD, 8 << 20);
+  mallopt(M_MMAP_THRESHOLD, 4 << 20);
   std::vector<std::string> args(argv + 1, argv + argc);
   upkeep::Overrides overrides;
   std::string config_path;

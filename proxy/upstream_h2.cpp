@@ -95,7 +95,7 @@ struct H2Callbacks {
       }
       st->status_ = code;
     } else if (!n.empty() && n.front() != ':') {
-      st->fields_.push_back({std::string(n), std::string(v)});
+      st->building_.insert(n, v);
     }
     return 0;
   }
@@ -108,12 +108,10 @@ struct H2Callbacks {
         if (!st || st->cancelled_) return 0;
         st->got_response_ = true;
         if (!st->final_head_ && st->status_ >= 100) {
-          http::response_header<> h;
+          http::response_header<> h = std::move(st->building_);
+          st->building_ = {};
           h.version(11);
           h.result(static_cast<unsigned>(st->status_));
-          for (auto& f : st->fields_)
-            h.insert(f.name, f.value);
-          st->fields_.clear();
           if (st->status_ >= 200) {
             st->final_head_ = true;
             st->fit_window(h);
@@ -162,10 +160,6 @@ struct H2Callbacks {
       // Nobody will take these bytes: give the window back now.
       nghttp2_session_consume(session, stream_id, len);
       return 0;
-    }
-    if (st->roff_ == st->rbuf_.size()) {
-      st->rbuf_.clear();
-      st->roff_ = 0;
     }
     st->rbuf_.append(reinterpret_cast<const char*>(data), len);
     st->got_response_ = true;
@@ -302,18 +296,15 @@ void H2Stream::progress() {
     }
   }
   if (read_) {
-    const std::size_t avail = rbuf_.size() - roff_;
-    if (avail > 0) {
-      const std::size_t n = std::min(avail, read_->n);
-      std::memcpy(read_->buf, rbuf_.data() + roff_, n);
-      roff_ += n;
+    if (rbuf_.size() > 0) {
+      const std::size_t n = rbuf_.take(read_->buf, read_->n);
       taken_ += n;
       if (!conn_->dead_) {
         nghttp2_session_consume(conn_->session_, id_, n);
         grow_window();
         conn_->kick();
       }
-      const bool eof = eof_ && roff_ == rbuf_.size();
+      const bool eof = eof_ && rbuf_.size() == 0;
       complete(read_, H2Read{H2Outcome::ok, n, eof});
     } else if (eof_) {
       complete(read_, H2Read{H2Outcome::ok, 0, true});
@@ -367,9 +358,8 @@ void H2Stream::cancel() {
     auto& c = *self->conn_;
     if (c.dead_) return;
     // Bytes buffered but never taken still count against the connection window.
-    const std::size_t unread = self->rbuf_.size() - self->roff_;
+    const std::size_t unread = self->rbuf_.size();
     self->rbuf_.clear();
-    self->roff_ = 0;
     if (unread) nghttp2_session_consume_connection(c.session_, unread);
     if (!self->closed_ && self->id_ > 0) {
       nghttp2_submit_rst_stream(c.session_, NGHTTP2_FLAG_NONE, self->id_, NGHTTP2_CANCEL);

@@ -35,6 +35,7 @@
 
 #include "config.hpp"
 #include "pool_core.hpp"
+#include "relay_buffer.hpp"
 #include "upstream_h1.hpp"
 
 struct nghttp2_session;
@@ -181,11 +182,11 @@ class H2Stream : public std::enable_shared_from_this<H2Stream> {
   bool cancelled_ = false;
   H2Outcome close_outcome_ = H2Outcome::ok;
   int status_ = 0;
-  std::vector<H2Field> fields_;  // the head being received
+  // The head being received, built in place: each field is copied once, by Beast.
+  http::response_header<> building_;
   std::deque<http::response_header<>> heads_;
   std::vector<H2Field> trailers_;
-  std::string rbuf_;  // received DATA not yet taken by the client session
-  std::size_t roff_ = 0;
+  BlockQueue rbuf_;     // received DATA not yet taken by the client session
   uint64_t taken_ = 0;  // body bytes the client session has taken
   int32_t window_ = 0;  // our receive window for the stream
   std::string ubuf_;    // upload bytes not yet framed
