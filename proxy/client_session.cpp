@@ -1,7 +1,7 @@
 #include "client_session.hpp"
 
 #include <array>
-#include <cstdio>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -823,33 +823,27 @@ asio::awaitable<error_code> ClientSession::write_piece(std::string_view head,
                                                        std::span<const char> body, bool chunked,
                                                        bool last,
                                                        const std::vector<H2Field>* trailers) {
-  char size_line[24];
-  std::string tail;
   std::array<asio::const_buffer, 4> bufs;
   std::size_t nb = 0;
   if (!head.empty()) bufs[nb++] = asio::buffer(head.data(), head.size());
-  if (chunked && !body.empty()) {
-    const int len = std::snprintf(size_line, sizeof size_line, "%zx\r\n", body.size());
-    bufs[nb++] = asio::buffer(size_line, static_cast<std::size_t>(len));
+  std::optional<ChunkFrame> frame;
+  if (chunked) {
+    std::string trailer_lines;
+    if (last && trailers) {
+      for (const auto& t : *trailers) {
+        trailer_lines += t.name;
+        trailer_lines += ": ";
+        trailer_lines += t.value;
+        trailer_lines += "\r\n";
+      }
+    }
+    frame.emplace(body.size(), last, trailer_lines);
+    if (!body.empty()) {
+      bufs[nb++] = asio::buffer(frame->size_line().data(), frame->size_line().size());
+    }
   }
   if (!body.empty()) bufs[nb++] = asio::buffer(body.data(), body.size());
-  if (chunked) {
-    // A zero-size chunk is the terminator, so an empty piece sends no chunk.
-    if (!body.empty()) tail = "\r\n";
-    if (last) {
-      tail += "0\r\n";
-      if (trailers) {
-        for (const auto& t : *trailers) {
-          tail += t.name;
-          tail += ": ";
-          tail += t.value;
-          tail += "\r\n";
-        }
-      }
-      tail += "\r\n";
-    }
-    if (!tail.empty()) bufs[nb++] = asio::buffer(tail);
-  }
+  if (frame && !frame->tail.empty()) bufs[nb++] = asio::buffer(frame->tail);
   if (nb == 0) co_return error_code{};
   auto [ec, n] = co_await asio::async_write(stream_, std::span(bufs.data(), nb), use_tuple);
   co_return ec;

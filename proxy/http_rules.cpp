@@ -1,5 +1,7 @@
 #include "http_rules.hpp"
 
+#include <charconv>
+
 #include "text.hpp"
 
 #include <algorithm>
@@ -345,6 +347,21 @@ void append_fields(std::string& out, const http::fields& f) {
     out += "\r\n";
   }
   out += "\r\n";
+}
+
+ChunkFrame::ChunkFrame(std::size_t n, bool last, std::string_view trailer_lines) {
+  if (n > 0) {
+    auto [end, ec] = std::to_chars(size_, size_ + 16, n, 16);
+    end[0] = '\r';
+    end[1] = '\n';
+    size_len_ = static_cast<std::size_t>(end + 2 - size_);
+    tail = "\r\n";
+  }
+  if (last) {
+    tail += "0\r\n";
+    tail += trailer_lines;
+    tail += "\r\n";
+  }
 }
 
 bool is_idempotent(http::verb v) noexcept {

@@ -62,6 +62,21 @@ bool header_chunked(const http::fields& f);
 // Appends each field as "Name: value\r\n", then the blank line that ends a head.
 void append_fields(std::string& out, const http::fields& f);
 
+// Chunked framing (RFC 9112 §7.1) around one piece of a body of n bytes: size_line()
+// goes before the bytes, tail after them: the CRLF that ends the chunk and, after
+// the last piece, the zero-size terminator, `trailer_lines` (each "name: value\r\n")
+// and the final CRLF. An empty piece gets no chunk: a zero-size chunk terminates.
+class ChunkFrame {
+ public:
+  ChunkFrame(std::size_t n, bool last, std::string_view trailer_lines = {});
+  std::string_view size_line() const noexcept { return {size_, size_len_}; }
+  std::string tail;
+
+ private:
+  char size_[20];  // 16 hex digits and CRLF at most
+  std::size_t size_len_ = 0;
+};
+
 // RFC 9110 §9.2.2 idempotent methods (GET, HEAD, OPTIONS, TRACE, PUT, DELETE).
 bool is_idempotent(http::verb v) noexcept;
 

@@ -1,7 +1,6 @@
 #include "upstream_h1.hpp"
 
 #include <array>
-#include <cstdio>
 #include <span>
 #include <string_view>
 #include <tuple>
@@ -58,17 +57,14 @@ asio::awaitable<error_code> UpstreamConn::write_body(const char* data, std::size
     if (last) request_done_ = true;
     co_return error_code{};
   }
-  // A zero-size chunk is the terminator, so empty pieces send no chunk.
-  char size_line[24];
+  const ChunkFrame frame(n, last);
   std::array<asio::const_buffer, 3> bufs;
   std::size_t nb = 0;
   if (n > 0) {
-    const int len = std::snprintf(size_line, sizeof size_line, "%zx\r\n", n);
-    bufs[nb++] = asio::buffer(size_line, static_cast<std::size_t>(len));
+    bufs[nb++] = asio::buffer(frame.size_line().data(), frame.size_line().size());
     bufs[nb++] = asio::buffer(data, n);
   }
-  std::string_view tail = n > 0 ? (last ? "\r\n0\r\n\r\n" : "\r\n") : (last ? "0\r\n\r\n" : "");
-  if (!tail.empty()) bufs[nb++] = asio::buffer(tail.data(), tail.size());
+  if (!frame.tail.empty()) bufs[nb++] = asio::buffer(frame.tail);
   if (nb > 0) {
     auto [ec, written] =
         co_await asio::async_write(*stream_, std::span(bufs.data(), nb), use_tuple);

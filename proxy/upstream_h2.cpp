@@ -38,7 +38,8 @@ constexpr uint64_t kGrowTaken = 256 * 1024;
 // The connection window covers many streams' buffers, so one slow stream never
 // starves the others.
 constexpr int32_t kConnWindow = 16 * 1024 * 1024;
-// SSL_read yields at most one TLS record (16 KiB) per call.
+// One full TLS record (16 KiB) and some; read_nb fills it from several records
+// when they have already arrived.
 constexpr std::size_t kReadChunk = 16 * 1024 + 512;
 constexpr std::size_t kWriteBatch = 64 * 1024;
 // Received bytes a connection hands to nghttp2 before letting other work run.

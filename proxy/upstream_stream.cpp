@@ -44,6 +44,16 @@ error_code tls_error(SSL* ssl, int rv, UpstreamStream::Wait& wait) {
   }
 }
 
+// A plain TCP attempt that would block is a wait for `w`, not an error.
+std::size_t tcp_result(std::size_t moved, error_code& ec, UpstreamStream::Wait& wait,
+                       UpstreamStream::Wait w) {
+  if (ec == asio::error::would_block || ec == asio::error::try_again) {
+    ec = {};
+    wait = w;
+  }
+  return moved;
+}
+
 }  // namespace
 
 UpstreamStream::UpstreamStream(executor_type ex, std::shared_ptr<asio::ssl::context> ctx, bool tls)
@@ -117,14 +127,7 @@ constexpr int kFullRecord = 16 * 1024;  // TLS's largest record plaintext
 
 std::size_t UpstreamStream::read_nb(void* data, std::size_t n, error_code& ec, Wait& wait) {
   wait = Wait::none;
-  if (!ssl_) {
-    std::size_t got = socket_.read_some(asio::buffer(data, n), ec);
-    if (ec == asio::error::would_block || ec == asio::error::try_again) {
-      ec = {};
-      wait = Wait::read;
-    }
-    return got;
-  }
+  if (!ssl_) return tcp_result(socket_.read_some(asio::buffer(data, n), ec), ec, wait, Wait::read);
   // One SSL_read gives at most one record (16 KiB); a 1 MiB body read that way
   // costs ~64 trips through the event loop and as many client writes. Records that
   // have already arrived are taken together, up to n: those OpenSSL holds, and,
@@ -155,14 +158,8 @@ std::size_t UpstreamStream::read_nb(void* data, std::size_t n, error_code& ec, W
 std::size_t UpstreamStream::write_nb(const void* data, std::size_t n, error_code& ec, Wait& wait) {
   wait = Wait::none;
   if (n == 0) return 0;
-  if (!ssl_) {
-    std::size_t put = socket_.write_some(asio::buffer(data, n), ec);
-    if (ec == asio::error::would_block || ec == asio::error::try_again) {
-      ec = {};
-      wait = Wait::write;
-    }
-    return put;
-  }
+  if (!ssl_)
+    return tcp_result(socket_.write_some(asio::buffer(data, n), ec), ec, wait, Wait::write);
   ERR_clear_error();
   const int rv = SSL_write(ssl_, data, static_cast<int>(std::min<std::size_t>(n, INT_MAX)));
   if (rv > 0) return static_cast<std::size_t>(rv);

@@ -439,6 +439,23 @@ TEST_CASE("header_keep_alive and header_chunked agree with Beast's message") {
   CHECK(header_chunked(f));
 }
 
+TEST_CASE("ChunkFrame frames one piece of a chunked body") {
+  auto framed = [](std::size_t n, bool last, std::string_view trailers = {}) {
+    ChunkFrame f(n, last, trailers);
+    return std::string(f.size_line()) + std::string(n, 'x') + f.tail;
+  };
+  CHECK(framed(5, false) == "5\r\nxxxxx\r\n");
+  CHECK(framed(26, true) == "1a\r\n" + std::string(26, 'x') + "\r\n0\r\n\r\n");
+  CHECK(framed(65536, false).starts_with("10000\r\n"));
+  // No zero-size chunk for an empty piece: that would end the body.
+  CHECK(framed(0, false).empty());
+  CHECK(framed(0, true) == "0\r\n\r\n");
+  CHECK(framed(0, true, "grpc-status: 0\r\n") == "0\r\ngrpc-status: 0\r\n\r\n");
+  // The widest size fits.
+  ChunkFrame widest(~std::size_t{0}, false);
+  CHECK(widest.size_line() == "ffffffffffffffff\r\n");
+}
+
 TEST_CASE("is_idempotent") {
   for (auto v : {http::verb::get, http::verb::head, http::verb::options, http::verb::trace,
                  http::verb::put, http::verb::delete_}) {
