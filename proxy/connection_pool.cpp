@@ -53,9 +53,19 @@ void ConnectionPool::release(std::shared_ptr<UpstreamConn> conn, bool reusable,
                              pool::CloseReason reason,
                              std::optional<std::chrono::steady_clock::duration> idle_hint,
                              std::function<void()> then) {
-  asio::dispatch(strand_, [self = shared_from_this(), id = conn->pool_id, reusable, reason,
-                           idle_hint, then = std::move(then)]() {
-    self->release_id(id, reusable, reason, idle_hint);
+  asio::dispatch(strand_, [self = shared_from_this(), conn = std::move(conn), reusable, reason,
+                           idle_hint, then = std::move(then)]() mutable {
+    // A waiter may be granted the connection at once, before any idle watch: look
+    // now whether the server's close (a close_notify with the last response) is
+    // already here.
+    if (reusable) {
+      if (auto state = conn->idle_state(); state != UpstreamStream::Idle::quiet) {
+        self->m_.idle_evictions[static_cast<std::size_t>(state) - 1].inc();
+        reusable = false;
+        reason = pool::CloseReason::server_closed;
+      }
+    }
+    self->release_id(conn->pool_id, reusable, reason, idle_hint);
     if (then) then();
   });
 }
@@ -261,23 +271,19 @@ void ConnectionPool::adopt_h2(pool::ConnId id, std::shared_ptr<UpstreamConn> han
   // core_.connected() waits for the server's SETTINGS (Events::ready).
 }
 
-// An idle pooled connection keeps a readiness wait on its raw socket: a FIN, an RST
-// or any byte (a TLS alert, a late "408") means the server is done with it, so it
-// leaves the pool now rather than failing the next request. Waiting on the socket,
-// not reading through TLS, keeps the SSL engine untouched, so a Grant only has to
-// cancel the wait.
+// An idle pooled connection keeps a readiness wait on its raw socket. When it fires,
+// the bytes are looked at through TLS (UpstreamStream::check_idle): a TLS 1.3
+// server's session tickets or KeyUpdate are processed and the watch re-armed; a FIN,
+// an RST, a close_notify or any byte of data (a late "408") means the server is done
+// with the connection, so it leaves the pool now rather than failing the next
+// request. The same look runs first, because a close_notify that came with the last
+// response is already in OpenSSL's buffer and will never make the socket readable.
 void ConnectionPool::watch_idle(pool::ConnId id) {
   auto it = conns_.find(id);
   if (it == conns_.end() || it->second.h2) return;  // an H2Conn reads and PINGs by itself
   auto& conn = it->second.h1;
   const uint64_t gen = ++conn->watch_generation;
-  if (conn->has_buffered_bytes()) {
-    pool::Actions actions;
-    core_.closed(id, pool::CloseReason::server_closed, std::chrono::steady_clock::now(), actions);
-    close_conn(id, pool::CloseReason::server_closed, conn->exchanges);
-    run(actions);
-    return;
-  }
+  if (evict_if_done(id, *conn)) return;
   conn->release_idle_memory();
   conn->stream().socket().async_wait(
       asio::ip::tcp::socket::wait_read,
@@ -285,13 +291,39 @@ void ConnectionPool::watch_idle(pool::ConnId id) {
         auto it2 = self->conns_.find(id);
         if (it2 == self->conns_.end() || it2->second.h1->watch_generation != gen) return;
         if (ec == asio::error::operation_aborted) return;
-        pool::Actions actions;
-        uint64_t requests = it2->second.h1->exchanges;
-        self->core_.closed(id, pool::CloseReason::server_closed, std::chrono::steady_clock::now(),
-                           actions);
-        self->close_conn(id, pool::CloseReason::server_closed, requests);
-        self->run(actions);
+        auto& c = *it2->second.h1;
+        const bool tls = c.stream().tls();
+        if (!ec && self->evict_if_done(id, c)) return;
+        if (ec) {
+          self->evict(id, UpstreamStream::Idle::error);
+          return;
+        }
+        if (tls) self->m_.idle_tls_messages.inc();
+        self->watch_idle(id);
       }));
+}
+
+bool ConnectionPool::evict_if_done(pool::ConnId id, UpstreamConn& conn) {
+  const auto state = conn.idle_state();
+  if (state == UpstreamStream::Idle::quiet) return false;
+  evict(id, state);
+  return true;
+}
+
+void ConnectionPool::evict(pool::ConnId id, UpstreamStream::Idle cause) {
+  auto it = conns_.find(id);
+  if (it == conns_.end()) return;
+  const auto index = static_cast<std::size_t>(cause) - 1;
+  m_.idle_evictions[index].inc();
+  log::debug("idle upstream connection ended by the server",
+             {{"origin", origin_.label()},
+              {"conn", std::to_string(it->second.h1->id())},
+              {"cause", std::string(metrics::kIdleEvictionCauses[index])}});
+  pool::Actions actions;
+  const uint64_t requests = it->second.h1->exchanges;
+  core_.closed(id, pool::CloseReason::server_closed, std::chrono::steady_clock::now(), actions);
+  close_conn(id, pool::CloseReason::server_closed, requests);
+  run(actions);
 }
 
 void ConnectionPool::close_conn(pool::ConnId id, pool::CloseReason reason, uint64_t requests) {

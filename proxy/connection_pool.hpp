@@ -98,6 +98,9 @@ class ConnectionPool : public std::enable_shared_from_this<ConnectionPool> {
   void on_connected(pool::ConnId id, ConnectOutcome outcome);
   void complete(pool::WaiterId w, Lease lease);
   void watch_idle(pool::ConnId id);
+  // Closes an idle connection the server has ended (true), or leaves it (false).
+  bool evict_if_done(pool::ConnId id, UpstreamConn& conn);
+  void evict(pool::ConnId id, UpstreamStream::Idle cause);
   void close_conn(pool::ConnId id, pool::CloseReason reason, uint64_t requests);
   void adopt_h2(pool::ConnId id, std::shared_ptr<UpstreamConn> handshaken);
   void release_id(pool::ConnId id, bool reusable, pool::CloseReason reason,

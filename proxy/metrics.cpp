@@ -155,6 +155,22 @@ std::string Registry::render_prometheus() const {
                       l + ",reason=\"" + std::string(reason) + "\"", m.closed[i].value());
                }
              });
+  per_origin("upkeep_upstream_idle_evictions_total", "counter",
+             "Idle upstream connections removed by the idle watch (closed as server_closed), "
+             "by what arrived: fin, close_notify, stray_bytes or error.",
+             [&](const std::string& l, const OriginMetrics& m) {
+               for (std::size_t i = 0; i < kIdleEvictionCauses.size(); ++i) {
+                 line(out, "upkeep_upstream_idle_evictions_total",
+                      l + ",cause=\"" + std::string(kIdleEvictionCauses[i]) + "\"",
+                      m.idle_evictions[i].value());
+               }
+             });
+  per_origin("upkeep_upstream_idle_tls_messages_total", "counter",
+             "Idle TLS connections woken by post-handshake messages (session tickets, "
+             "KeyUpdate); they stay pooled.",
+             [&](const std::string& l, const OriginMetrics& m) {
+               line(out, "upkeep_upstream_idle_tls_messages_total", l, m.idle_tls_messages.value());
+             });
   per_origin("upkeep_upstream_connections_active", "gauge", "Upstream connections open or opening.",
              [&](const std::string& l, const OriginMetrics& m) {
                line(out, "upkeep_upstream_connections_active", l,

@@ -66,7 +66,18 @@ struct OriginMetrics {
   Counter requests_h2;
   Counter reused;
   Counter connect_errors;
+  // Idle connections the watch removed (all counted closed as server_closed), by what
+  // it found: index = UpstreamStream::Idle minus one (fin, close_notify, stray_bytes,
+  // error).
+  std::array<Counter, 4> idle_evictions;
+  // An idle TLS connection turned readable with only post-handshake messages
+  // (session tickets, KeyUpdate): processed, and the connection stays.
+  Counter idle_tls_messages;
 };
+
+// Labels for OriginMetrics::idle_evictions, in index order.
+inline constexpr std::array<std::string_view, 4> kIdleEvictionCauses{"fin", "close_notify",
+                                                                     "stray_bytes", "error"};
 
 class Registry {
  public:

@@ -1,9 +1,10 @@
 // One upstream connection speaking HTTP/1.1 over TLS or plain TCP.
 //
 // Thread ownership: while pooled and idle the ConnectionPool's strand owns it (it
-// keeps only a readiness wait on the raw socket, never an SSL read, so handing it
-// over needs no SSL-engine synchronisation); while leased, exactly one client
-// session owns it. Ownership moves only by posting, never by sharing.
+// keeps a readiness wait on the raw socket and looks through TLS only when that
+// fires, on the strand); while leased, exactly one client session owns it.
+// Ownership moves only by posting, never by sharing, so the SSL engine is never
+// touched by two threads without a hand-off between them.
 #pragma once
 
 #include <chrono>
@@ -75,6 +76,11 @@ class UpstreamConn {
   // of many origins).
   void release_idle_memory();
   bool has_buffered_bytes() const noexcept { return buffer_.size() != 0 || stream_->has_pending(); }
+  // Between exchanges: has the server closed, or sent what no request asked for?
+  // (UpstreamStream::check_idle; bytes already parsed into our buffer are stray.)
+  UpstreamStream::Idle idle_state() noexcept {
+    return buffer_.size() != 0 ? UpstreamStream::Idle::stray_bytes : stream_->check_idle();
+  }
 
   // Bookkeeping by the pool.
   uint64_t exchanges = 0;

@@ -3,6 +3,8 @@
 #include <cerrno>
 #include <climits>
 
+#include <sys/socket.h>
+
 #include <openssl/err.h>
 
 #include <boost/asio/as_tuple.hpp>
@@ -153,6 +155,30 @@ std::size_t UpstreamStream::read_nb(void* data, std::size_t n, error_code& ec, W
     ec = tls_error(ssl_, rv, wait);
     return 0;
   }
+}
+
+UpstreamStream::Idle UpstreamStream::check_idle() noexcept {
+  if (!ssl_) {
+    char b;
+    const ssize_t r = ::recv(socket_.native_handle(), &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (r > 0) return Idle::stray_bytes;
+    if (r == 0) return Idle::fin;
+    return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? Idle::quiet : Idle::error;
+  }
+  if (SSL_get_shutdown(ssl_) & SSL_RECEIVED_SHUTDOWN) return Idle::close_notify;
+  ERR_clear_error();
+  char b;
+  // A peek: records that carry no application data (tickets, KeyUpdate) are
+  // consumed by OpenSSL; application bytes would stay, but they evict anyway.
+  const int rv = SSL_peek(ssl_, &b, 1);
+  if (rv > 0) return Idle::stray_bytes;
+  Wait w = Wait::none;
+  const error_code ec = tls_error(ssl_, rv, w);
+  ERR_clear_error();
+  if (!ec) return Idle::quiet;  // wants more bytes (or to write a KeyUpdate reply)
+  if (ec == asio::error::eof) return Idle::close_notify;
+  if (ec == asio::ssl::error::stream_truncated) return Idle::fin;
+  return Idle::error;
 }
 
 std::size_t UpstreamStream::write_nb(const void* data, std::size_t n, error_code& ec, Wait& wait) {

@@ -56,6 +56,15 @@ class UpstreamStream {
   // wait would not see them.
   bool has_pending() const noexcept { return ssl_ && SSL_has_pending(ssl_) == 1; }
 
+  // What an idle connection (no exchange on it) has received, looked at without
+  // blocking and through TLS: a TLS 1.3 server sends NewSessionTicket (and may send
+  // KeyUpdate) after the handshake, so a readable socket is not a closing server.
+  // OpenSSL processes such records here and the connection stays `quiet`. A
+  // close_notify that came in the same read as the last response sits in OpenSSL's
+  // buffer where no readiness wait sees it; it is found here too.
+  enum class Idle : unsigned char { quiet, fin, close_notify, stray_bytes, error };
+  Idle check_idle() noexcept;
+
   // On expiry the pending operations fail with beast::error::timeout and the
   // socket is shut down.
   void expires_at(clock::time_point t) { deadline_.expires_at(t); }
