@@ -550,6 +550,29 @@ void parse_access(AccessSettings& a, const Item& it) {
   });
 }
 
+void parse_intercept(InterceptSettings& in, const Item& it) {
+  for_each_key(it, [&](const std::string& k, const Item& c) {
+    if (k == "hosts") {
+      in.hosts = get_pattern_list(c);
+    } else if (k == "skip") {
+      in.skip = get_pattern_list(c);
+    } else if (k == "ca_cert") {
+      in.ca_cert = get_string(c);
+    } else if (k == "ca_key") {
+      in.ca_key = get_string(c);
+    } else if (k == "state_dir") {
+      in.state_dir = get_string(c);
+    } else if (k == "cert_cache") {
+      in.cert_cache = static_cast<uint32_t>(get_uint(c, 1, 1000000));
+    } else if (k == "fallback_ttl") {
+      in.fallback_ttl = get_duration(c, true);
+    } else {
+      return false;
+    }
+    return true;
+  });
+}
+
 uint32_t resolve_workers(uint64_t n) {
   if (n != 0) return static_cast<uint32_t>(n);
   const unsigned cores = std::thread::hardware_concurrency();
@@ -570,9 +593,9 @@ Config parse_document(const YAML::Node& root, ParseContext& ctx) {
   if (!root.IsMap()) top.fail("the top level must be a mapping of keys (listen:, upstream:, ...)");
 
   // Collected first so `upstream` is parsed before `routes` whatever their order.
-  static const std::vector<std::string> kOrder = {"listen",         "admin",  "workers",
-                                                  "shutdown_grace", "log",    "limits",
-                                                  "upstream",       "routes", "access"};
+  static const std::vector<std::string> kOrder = {
+      "listen", "admin",    "workers", "shutdown_grace", "log",
+      "limits", "upstream", "routes",  "access",         "intercept"};
   std::map<std::string, Item> items;
   for_each_key(top, [&](const std::string& key, const Item& c) {
     if (std::find(kOrder.begin(), kOrder.end(), key) == kOrder.end()) return false;
@@ -605,6 +628,8 @@ Config parse_document(const YAML::Node& root, ParseContext& ctx) {
           c, [&](const Item& el) { cfg.routes.push_back(parse_route(el, cfg.upstream)); });
     } else if (key == "access") {
       parse_access(cfg.access, c);
+    } else if (key == "intercept") {
+      parse_intercept(cfg.intercept, c);
     }
   }
   validate_impl(cfg, &ctx);
@@ -679,6 +704,19 @@ void validate_impl(const Config& cfg, const ParseContext* ctx) {
              {prefix + ".host"});
       }
     }
+  }
+
+  const auto& ic = cfg.intercept;
+  if (ic.ca_cert.empty() != ic.ca_key.empty()) {
+    const std::string set = ic.ca_cert.empty() ? "intercept.ca_key" : "intercept.ca_cert";
+    const std::string unset = ic.ca_cert.empty() ? "intercept.ca_cert" : "intercept.ca_key";
+    fail(set, "is set but " + unset + " is not; give both, or neither for upkeep's own CA",
+         {set, unset});
+  }
+  if (ic.hosts.empty() && cfg.access.connect == ConnectMode::intercept) {
+    fail("intercept.hosts",
+         "is empty while access.connect is intercept: nothing would be intercepted",
+         {"intercept.hosts", "access.connect"});
   }
 
   if (!cfg.access.auth.empty()) {
@@ -950,6 +988,14 @@ access:
   connect_ports: [443]
   auth: ""
   open_proxy: false
+intercept:
+  hosts: ["*"]
+  skip: []
+  ca_cert: ""
+  ca_key: ""
+  state_dir: ""
+  cert_cache: 1000
+  fallback_ttl: 10m
 )";
   return text;
 }
@@ -1060,6 +1106,14 @@ std::string to_yaml(const Config& cfg) {
   out += "  connect_ports: " + flow_numbers(cfg.access.connect_ports) + "\n";
   out += "  auth: " + quote(cfg.access.auth) + "\n";
   out += std::string("  open_proxy: ") + (cfg.access.open_proxy ? "true" : "false") + "\n";
+  out += "intercept:\n";
+  out += "  hosts: " + flow_strings(cfg.intercept.hosts) + "\n";
+  out += "  skip: " + flow_strings(cfg.intercept.skip) + "\n";
+  out += "  ca_cert: " + quote(cfg.intercept.ca_cert) + "\n";
+  out += "  ca_key: " + quote(cfg.intercept.ca_key) + "\n";
+  out += "  state_dir: " + quote(cfg.intercept.state_dir) + "\n";
+  out += "  cert_cache: " + std::to_string(cfg.intercept.cert_cache) + "\n";
+  out += "  fallback_ttl: " + format_duration(cfg.intercept.fallback_ttl) + "\n";
   return out;
 }
 

@@ -91,6 +91,19 @@ struct AccessSettings {
   bool operator==(const AccessSettings&) const = default;
 };
 
+// Under `intercept:` (SPEC.md "HTTPS interception"); used when access.connect is
+// intercept.
+struct InterceptSettings {
+  std::vector<std::string> hosts{"*"};  // host patterns whose TLS is terminated, lower-cased
+  std::vector<std::string> skip;        // always tunnelled blindly, lower-cased
+  std::string ca_cert;                  // "" = upkeep's own CA in state_dir
+  std::string ca_key;
+  std::string state_dir;  // as written; "" = resolved at use (resolve_state_dir)
+  uint32_t cert_cache = 1000;                        // >= 1
+  Duration fallback_ttl = std::chrono::minutes(10);  // 0 = never fall back
+  bool operator==(const InterceptSettings&) const = default;
+};
+
 enum class LogFormat { text, json };
 enum class LogLevel { debug, info, warn, error };
 
@@ -121,6 +134,7 @@ struct Config {
   UpstreamSettings upstream;
   std::vector<Route> routes;
   AccessSettings access;
+  InterceptSettings intercept;
   std::string source;  // file path, or "<default>"
   bool operator==(const Config&) const = default;
 };

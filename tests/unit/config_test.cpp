@@ -608,3 +608,37 @@ access:
     CHECK(without_source(load(to_yaml(c))) == without_source(c));
   }
 }
+
+TEST_CASE("intercept keys parse, validate and round-trip") {
+  const Config c = load(R"(
+access: {connect: intercept}
+intercept:
+  hosts: ["API.example.com", "*.svc.example.com"]
+  skip: ["pinned.example.com"]
+  state_dir: /var/lib/upkeep-test
+  cert_cache: 50
+  fallback_ttl: 0s
+)");
+  CHECK(c.access.connect == ConnectMode::intercept);
+  CHECK(c.intercept.hosts == std::vector<std::string>{"api.example.com", "*.svc.example.com"});
+  CHECK(c.intercept.skip == std::vector<std::string>{"pinned.example.com"});
+  CHECK(c.intercept.state_dir == "/var/lib/upkeep-test");
+  CHECK(c.intercept.cert_cache == 50);
+  CHECK(c.intercept.fallback_ttl == 0ms);
+  CHECK(without_source(load(to_yaml(c))) == without_source(c));
+
+  const Config d = load("");
+  CHECK(d.intercept.hosts == std::vector<std::string>{"*"});
+  CHECK(d.intercept.cert_cache == 1000);
+  CHECK(d.intercept.fallback_ttl == 10min);
+
+  CHECK(error_of("intercept: {bogus: 1}") == "t.yaml:1: intercept.bogus: unknown key");
+  CHECK(starts_with(error_of("intercept: {cert_cache: 0}"), "t.yaml:1: intercept.cert_cache:"));
+  CHECK(starts_with(error_of("intercept: {fallback_ttl: soon}"),
+                    "t.yaml:1: intercept.fallback_ttl:"));
+  CHECK(starts_with(error_of("intercept: {hosts: [\"bad host\"]}"), "t.yaml:1: intercept.hosts"));
+  CHECK(starts_with(error_of("intercept: {ca_cert: /x/ca.pem}"),
+                    "t.yaml:1: intercept.ca_cert: is set but intercept.ca_key is not"));
+  CHECK(starts_with(error_of("access: {connect: intercept}\nintercept: {hosts: []}"),
+                    "t.yaml:2: intercept.hosts: is empty"));
+}
