@@ -37,6 +37,8 @@ info describe(errc e) noexcept {
       return {0, "client_closed", "client closed connection", s::client};
     case errc::client_timeout:
       return {408, "client_timeout", "client timed out", s::client};
+    case errc::misdirected:
+      return {421, "misdirected", "request for another host than its CONNECT", s::client};
     case errc::queue_full:
       return {503, "queue_full", "upstream queue full", s::pool};
     case errc::queue_timeout:

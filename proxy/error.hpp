@@ -21,6 +21,7 @@ enum class errc {
   method_not_supported,  // -> 501
   client_closed,         // the client went away; nothing is sent
   client_timeout,        // header/idle timeout on the client side -> 408
+  misdirected,           // an intercepted request for another host than its CONNECT -> 421
   // pool
   queue_full,     // -> 503 + Retry-After
   queue_timeout,  // -> 504

@@ -273,40 +273,36 @@ bool Router::address_denied(std::span<const uint8_t> addr) const {
   return false;
 }
 
-Routed<RouteDecision> Router::route(std::string_view target, std::string_view host_header) const {
-  std::optional<Target> t;
-  if (!target.empty() && target.front() == '/') {
-    t = parse_origin_form(target, host_header);
-  } else {
-    t = parse_absolute(target);
-  }
-  if (!t) return errc::bad_request;
-  const std::string& host = t->authority.host;
-  if (!host_allowed(host)) return errc::host_denied;
+namespace {
 
+// The pool key and upstream request for a parsed target. intercepted: the client's
+// own TLS was terminated here, so the request goes out over TLS to exactly the port
+// it named, whatever the route says.
+RouteDecision decide(const Config& cfg, Target& t, bool intercepted) {
+  const std::string& host = t.authority.host;
   const Route* matched = nullptr;
-  for (const auto& r : cfg_->routes) {
-    if (host_matches(r.host_pattern, host) && (!r.port || *r.port == t->port)) {
+  for (const auto& r : cfg.routes) {
+    if (host_matches(r.host_pattern, host) && (!r.port || *r.port == t.port)) {
       matched = &r;
       break;
     }
   }
-  const UpstreamSettings& s = matched ? matched->upstream : cfg_->upstream;
+  const UpstreamSettings& s = matched ? matched->upstream : cfg.upstream;
 
   RouteDecision d{};
   d.settings = &s;
   Origin& o = d.origin;
   o.host = host;
-  o.tls = s.tls || t->https;
-  o.port = t->port;
-  if (s.tls && !t->https) {
-    if (auto it = s.port_map.find(t->port); it != s.port_map.end()) o.port = it->second;
+  o.tls = s.tls || t.https || intercepted;
+  o.port = t.port;
+  if (s.tls && !t.https && !intercepted) {
+    if (auto it = s.port_map.find(t.port); it != s.port_map.end()) o.port = it->second;
   }
   if (matched) o.connect_to = matched->connect_to;
   if (o.tls) {
     if (!s.sni.empty()) {
       o.sni = s.sni;
-    } else if (!t->authority.ip_literal) {
+    } else if (!t.authority.ip_literal) {
       o.sni = host;
     }
   }
@@ -318,8 +314,42 @@ Routed<RouteDecision> Router::route(std::string_view target, std::string_view ho
 
   const uint16_t default_port = o.tls ? 443 : 80;
   d.host_header = authority_string(host, o.port, o.port != default_port);
-  d.path = std::move(t->path);
+  d.path = std::move(t.path);
   return d;
+}
+
+}  // namespace
+
+Routed<RouteDecision> Router::route(std::string_view target, std::string_view host_header) const {
+  std::optional<Target> t;
+  if (!target.empty() && target.front() == '/') {
+    t = parse_origin_form(target, host_header);
+  } else {
+    t = parse_absolute(target);
+  }
+  if (!t) return errc::bad_request;
+  if (!host_allowed(t->authority.host)) return errc::host_denied;
+  return decide(*cfg_, *t, false);
+}
+
+Routed<RouteDecision> Router::route_intercepted(std::string_view target,
+                                                std::string_view host_header,
+                                                const HostPort& connect) const {
+  std::optional<Target> t;
+  if (!target.empty() && target.front() == '/') {
+    t = parse_origin_form(target, host_header);
+    // Inside the client's TLS an origin-form request is https://: its default port is 443.
+    if (t && !t->authority.port) t->port = 443;
+    if (t) t->https = true;
+  } else {
+    t = parse_absolute(target);
+  }
+  if (!t) return errc::bad_request;
+  if (!t->https || t->port != connect.port || !iequals(t->authority.host, connect.host)) {
+    return errc::misdirected;
+  }
+  if (!host_allowed(t->authority.host)) return errc::host_denied;
+  return decide(*cfg_, *t, true);
 }
 
 Routed<HostPort> Router::route_connect(std::string_view authority) const {

@@ -37,6 +37,13 @@ class Router {
   // for origin-form, userinfo in the URL, ...), host_denied (access.allow/deny).
   Routed<RouteDecision> route(std::string_view target, std::string_view host_header) const;
 
+  // A request inside an intercepted CONNECT to `connect` (SPEC.md "HTTPS
+  // interception"): it must name that host and port (absolute https:// URL or Host;
+  // else misdirected), and always goes upstream over TLS to that port, whatever a
+  // route's tls or port_map say.
+  Routed<RouteDecision> route_intercepted(std::string_view target, std::string_view host_header,
+                                          const HostPort& connect) const;
+
   // CONNECT authority ("host:port"). Errors: bad_request, connect_denied (mode deny,
   // or port not in connect_ports), host_denied.
   Routed<HostPort> route_connect(std::string_view authority) const;

@@ -550,3 +550,34 @@ TEST_CASE("route_connect") {
     CHECK(err(r2.route_connect("example.com:8443")) == errc::connect_denied);
   }
 }
+
+TEST_CASE("requests inside an intercepted CONNECT must name its host and port") {
+  Config c;
+  Route plain = route_for("api.example.com");
+  plain.upstream.tls = false;  // a route's tls: false does not apply inside the client's TLS
+  plain.upstream.port_map = {{8443, 9443}};
+  c.routes.push_back(plain);
+  Router r(make(c));
+  const HostPort connect{"api.example.com", 8443};
+
+  auto d = ok(r.route_intercepted("/v1/x?q=1", "API.example.com:8443", connect));
+  CHECK(d.origin.tls);
+  CHECK(d.origin.port == 8443);  // no port_map
+  CHECK(d.origin.sni == "api.example.com");
+  CHECK(d.path == "/v1/x?q=1");
+  CHECK(d.host_header == "api.example.com:8443");
+  auto a = ok(r.route_intercepted("https://api.example.com:8443/y", "", connect));
+  CHECK(a.path == "/y");
+  CHECK(a.origin.port == 8443);
+
+  CHECK(err(r.route_intercepted("/v1", "api.example.com", connect)) == errc::misdirected);
+  CHECK(err(r.route_intercepted("/v1", "other.example.com:8443", connect)) == errc::misdirected);
+  CHECK(err(r.route_intercepted("http://api.example.com:8443/", "", connect)) ==
+        errc::misdirected);
+  CHECK(err(r.route_intercepted("/v1", "", connect)) == errc::bad_request);
+
+  const HostPort on443{"api.example.com", 443};
+  auto p = ok(r.route_intercepted("/", "api.example.com", on443));
+  CHECK(p.origin.port == 443);
+  CHECK(p.host_header == "api.example.com");
+}
