@@ -18,34 +18,6 @@ namespace {
 
 constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
 
-// SSL_get_error after a failed call, as an Asio error or a wait.
-error_code tls_error(SSL* ssl, int rv, UpstreamStream::Wait& wait) {
-  const int saved_errno = errno;
-  switch (SSL_get_error(ssl, rv)) {
-    case SSL_ERROR_WANT_READ:
-      wait = UpstreamStream::Wait::read;
-      return {};
-    case SSL_ERROR_WANT_WRITE:
-      wait = UpstreamStream::Wait::write;
-      return {};
-    case SSL_ERROR_ZERO_RETURN:  // close_notify
-      return asio::error::eof;
-    case SSL_ERROR_SYSCALL: {
-      unsigned long e = ERR_get_error();
-      if (e != 0) return {static_cast<int>(e), asio::error::get_ssl_category()};
-      if (saved_errno != 0) return {saved_errno, boost::system::system_category()};
-      return asio::ssl::error::stream_truncated;  // TCP closed without close_notify
-    }
-    default: {
-      unsigned long e = ERR_get_error();
-      if (ERR_GET_REASON(e) == SSL_R_UNEXPECTED_EOF_WHILE_READING) {
-        return asio::ssl::error::stream_truncated;
-      }
-      return {static_cast<int>(e), asio::error::get_ssl_category()};
-    }
-  }
-}
-
 // A plain TCP attempt that would block is a wait for `w`, not an error.
 std::size_t tcp_result(std::size_t moved, error_code& ec, UpstreamStream::Wait& wait,
                        UpstreamStream::Wait w) {
@@ -63,27 +35,12 @@ UpstreamStream::UpstreamStream(executor_type ex, std::shared_ptr<asio::ssl::cont
   if (tls) {
     ssl_ = SSL_new(ctx_->native_handle());
     if (!ssl_) throw std::bad_alloc();
-    // Whole socket reads, not a 5-byte header and then the record: half the recv
-    // calls. SSL_MODE_RELEASE_BUFFERS (set on the context) still frees the buffer
-    // whenever it runs empty.
-    SSL_set_read_ahead(ssl_, 1);
-    // Read-ahead fills a buffer of this size per recv: four records at a time of a
-    // large body instead of one.
-    SSL_set_default_read_buffer_len(ssl_, 64 * 1024);
-    // A write that had to wait is retried with the same bytes from a buffer that may
-    // have moved (the gather scratch); each record is reported as soon as it is sent.
-    SSL_set_mode(ssl_, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_ENABLE_PARTIAL_WRITE);
+    tls_tune(ssl_);
   }
 }
 
 UpstreamStream::~UpstreamStream() {
   if (ssl_) SSL_free(ssl_);
-}
-
-char* UpstreamStream::gather_scratch() {
-  thread_local std::unique_ptr<char[]> buf;
-  if (!buf) buf = std::make_unique_for_overwrite<char[]>(kGather);
-  return buf.get();
 }
 
 error_code UpstreamStream::waited(error_code ec) const {
@@ -123,38 +80,10 @@ asio::awaitable<error_code> UpstreamStream::handshake() {
   }
 }
 
-namespace {
-constexpr int kFullRecord = 16 * 1024;  // TLS's largest record plaintext
-}  // namespace
-
 std::size_t UpstreamStream::read_nb(void* data, std::size_t n, error_code& ec, Wait& wait) {
   wait = Wait::none;
   if (!ssl_) return tcp_result(socket_.read_some(asio::buffer(data, n), ec), ec, wait, Wait::read);
-  // One SSL_read gives at most one record (16 KiB); a 1 MiB body read that way
-  // costs ~64 trips through the event loop and as many client writes. Records that
-  // have already arrived are taken together, up to n: those OpenSSL holds, and,
-  // after a full-size record (a large body is flowing), those in the socket. After
-  // a small one the socket is most likely empty, and asking would cost a recv.
-  auto* p = static_cast<char*>(data);
-  std::size_t got = 0;
-  for (;;) {
-    ERR_clear_error();
-    const int rv =
-        SSL_read(ssl_, p + got, static_cast<int>(std::min<std::size_t>(n - got, INT_MAX)));
-    if (rv > 0) {
-      got += static_cast<std::size_t>(rv);
-      if (got == n || (rv < kFullRecord && SSL_has_pending(ssl_) != 1)) return got;
-      continue;
-    }
-    if (got > 0) {
-      // Whatever stopped this read (no more bytes yet, the end, an error) stops
-      // the next one too, which reports it.
-      ERR_clear_error();
-      return got;
-    }
-    ec = tls_error(ssl_, rv, wait);
-    return 0;
-  }
+  return tls_read_nb(ssl_, data, n, ec, wait);
 }
 
 UpstreamStream::Idle UpstreamStream::check_idle() noexcept {
@@ -186,11 +115,7 @@ std::size_t UpstreamStream::write_nb(const void* data, std::size_t n, error_code
   if (n == 0) return 0;
   if (!ssl_)
     return tcp_result(socket_.write_some(asio::buffer(data, n), ec), ec, wait, Wait::write);
-  ERR_clear_error();
-  const int rv = SSL_write(ssl_, data, static_cast<int>(std::min<std::size_t>(n, INT_MAX)));
-  if (rv > 0) return static_cast<std::size_t>(rv);
-  ec = tls_error(ssl_, rv, wait);
-  return 0;
+  return tls_write_nb(ssl_, data, n, ec, wait);
 }
 
 }  // namespace upkeep

@@ -1,11 +1,5 @@
-// The transport of one upstream connection: a TCP socket, with TLS done by OpenSSL
-// straight on the socket's file descriptor.
-//
-// Not asio::ssl::stream: that one copies every byte through a BIO pair and two
-// buffers of its own (four 17 KiB buffers per connection, ~70 KiB of the ~120 KiB an
-// idle h2 origin cost, measured with massif), and runs a state machine of posted
-// operations per read. Here a read is SSL_read on the non-blocking socket, and a
-// wait for readiness only when OpenSSL says it needs one (as HAProxy and nghttpx do).
+// The transport of one upstream connection: a TCP socket, with TLS (the client side)
+// done by OpenSSL straight on the socket's file descriptor (tls_io.hpp says why).
 //
 // One owner at a time (see upstream_h1.hpp); nothing here is thread-safe.
 #pragma once
@@ -29,6 +23,7 @@
 #include <boost/asio/ssl/context.hpp>
 
 #include "deadline.hpp"
+#include "tls_io.hpp"
 
 namespace upkeep {
 
@@ -40,8 +35,7 @@ class UpstreamStream {
   using executor_type = asio::any_io_executor;
   using socket_type = asio::ip::tcp::socket;
   using clock = std::chrono::steady_clock;
-  // What a non-blocking attempt needs before it can make progress.
-  enum class Wait : unsigned char { none, read, write };
+  using Wait = IoWait;
 
   UpstreamStream(executor_type ex, std::shared_ptr<asio::ssl::context> ctx, bool tls);
   ~UpstreamStream();
@@ -87,104 +81,19 @@ class UpstreamStream {
   template <class MutableBuffers, class Token>
   auto async_read_some(const MutableBuffers& b, Token&& token) {
     return asio::async_compose<Token, void(error_code, std::size_t)>(
-        Op<MutableBuffers, false>{this, b}, token, socket_);
+        NbOp<UpstreamStream, MutableBuffers, false>{this, b}, token, socket_);
   }
   template <class ConstBuffers, class Token>
   auto async_write_some(const ConstBuffers& b, Token&& token) {
     return asio::async_compose<Token, void(error_code, std::size_t)>(
-        Op<ConstBuffers, true>{this, b}, token, socket_);
+        NbOp<UpstreamStream, ConstBuffers, true>{this, b}, token, socket_);
   }
 
- private:
-  // Several small buffers (a request head and its body) go out as one TLS record and
-  // one send: gathered into a per-thread scratch of up to this many bytes.
-  static constexpr std::size_t kGather = 16 * 1024;
-  static char* gather_scratch();
+  // For NbOp.
+  bool timed_out() const noexcept { return deadline_.fired(); }
   error_code waited(error_code ec) const;
 
-  template <class Buffers, bool Write>
-  struct Op {
-    UpstreamStream* s;
-    Buffers buffers;
-    bool started = false;  // an asynchronous step ran: completing now is not inline
-    error_code result_ec{};
-    std::size_t result_n = 0;
-    bool done = false;
-
-    template <class Self>
-    void operator()(Self& self, error_code wait_ec = {}) {
-      if (done) {  // the posted completion of an attempt that did not have to wait
-        self.complete(result_ec, result_n);
-        return;
-      }
-      if (wait_ec) {
-        self.complete(s->waited(wait_ec), 0);
-        return;
-      }
-      error_code ec;
-      Wait w = Wait::none;
-      std::size_t n = attempt(ec, w);
-      if (n == 0 && !ec && w != Wait::none) {
-        if (s->timed_out()) {
-          self.complete(s->waited(asio::error::operation_aborted), 0);
-          return;
-        }
-        started = true;
-        s->socket_.async_wait(w == Wait::read ? socket_type::wait_read : socket_type::wait_write,
-                              std::move(self));
-        return;
-      }
-      if (started) {
-        self.complete(ec, n);
-        return;
-      }
-      // Asio's contract: never complete inside the initiating call.
-      done = true;
-      result_ec = ec;
-      result_n = n;
-      asio::post(std::move(self));
-    }
-
-    std::size_t attempt(error_code& ec, Wait& w) {
-      const auto begin = asio::buffer_sequence_begin(buffers);
-      const auto end = asio::buffer_sequence_end(buffers);
-      if constexpr (Write) {
-        const void* first = nullptr;
-        std::size_t first_n = 0, total = 0, count = 0;
-        for (auto it = begin; it != end && total < kGather; ++it) {
-          asio::const_buffer b = *it;
-          if (b.size() == 0) continue;
-          if (!first) {
-            first = b.data();
-            first_n = b.size();
-          }
-          ++count;
-          total += b.size();
-        }
-        if (!first) return 0;  // nothing to write: done at once
-        if (count == 1 || first_n >= kGather) return s->write_nb(first, first_n, ec, w);
-        // A retry after Wait::write gathers the same bytes again, as OpenSSL requires.
-        char* g = gather_scratch();
-        std::size_t off = 0;
-        for (auto it = begin; it != end && off < kGather; ++it) {
-          asio::const_buffer b = *it;
-          const std::size_t k = std::min(b.size(), kGather - off);
-          std::memcpy(g + off, b.data(), k);
-          off += k;
-        }
-        return s->write_nb(g, off, ec, w);
-      } else {
-        for (auto it = begin; it != end; ++it) {
-          asio::mutable_buffer b = *it;
-          if (b.size() > 0) return s->read_nb(b.data(), b.size(), ec, w);
-        }
-        return 0;  // nothing asked for: nothing read, at once
-      }
-    }
-  };
-
-  bool timed_out() const noexcept { return deadline_.fired(); }
-
+ private:
   socket_type socket_;
   std::shared_ptr<asio::ssl::context> ctx_;  // keeps the SSL_CTX's callbacks alive
   SSL* ssl_ = nullptr;
