@@ -19,6 +19,18 @@ bool looks_like_tls(const beast::flat_buffer& b) {
   return b.size() >= 3 && d[0] == 0x16 && d[1] == 0x03 && d[2] <= 0x04;
 }
 
+// The access log shows a request from inside an intercepted CONNECT as the https://
+// URL the client asked for.
+std::string intercepted_url(std::string_view target, const HostPort& connect) {
+  if (target.empty() || target.front() != '/') return std::string(target);
+  const bool v6 = connect.host.find(':') != std::string::npos;
+  std::string url = "https://";
+  url += v6 ? "[" + connect.host + "]" : connect.host;
+  if (connect.port != 443) url += ":" + std::to_string(connect.port);
+  url += target;
+  return url;
+}
+
 }  // namespace
 
 bool is_parse_error(const error_code& ec) {
@@ -121,36 +133,21 @@ asio::awaitable<bool> ClientSession::handle(RequestParser& parser, const Snapsho
     co_await send_error(errc::loop_detected, version, body_pending, e);
     co_return !body_pending && req.keep_alive();
   }
-  if (!snap.router->config().access.auth.empty()) {
+  // Inside an intercepted CONNECT the client authenticated with the CONNECT.
+  if (!intercepted_ && !snap.router->config().access.auth.empty()) {
     auto it = req.find(http::field::proxy_authorization);
     if (it == req.end() || !basic_credentials_ok(it->value(), snap.auth_lines)) {
       co_await send_error(errc::auth_required, version, body_pending, e);
       co_return !body_pending && req.keep_alive();
     }
   }
-  if (req.method() == http::verb::connect) {
-    auto routed = snap.router->route_connect(req.target());
-    if (auto* err = std::get_if<errc>(&routed)) {
-      const bool close = body_pending || *err == errc::bad_request;
-      co_await send_error(*err, version, close, e);
-      co_return !close && req.keep_alive();
-    }
-    e.protocol = "tunnel";
-    e.origin = std::get<HostPort>(routed).to_string();
-    if (body_pending) {  // a CONNECT carries no body; one that claims to is malformed
-      co_await send_error(errc::bad_request, version, true, e);
-      co_return false;
-    }
-    if (auto terr = co_await run_tunnel(stream_, buffer_, std::get<HostPort>(routed), snap, e);
-        terr != errc::ok) {
-      co_await send_error(terr, version, true, e);
-      co_return false;
-    }
-    write_access_log(e);
-    co_return false;
-  }
+  if (req.method() == http::verb::connect) co_return co_await connect(parser, snap, e);
   auto it_host = req.find(http::field::host);
-  auto routed = snap.router->route(req.target(), it_host == req.end() ? "" : it_host->value());
+  const std::string_view host =
+      it_host == req.end() ? std::string_view() : std::string_view(it_host->value());
+  if (intercepted_) e.url = intercepted_url(req.target(), *intercepted_);
+  auto routed = intercepted_ ? snap.router->route_intercepted(req.target(), host, *intercepted_)
+                             : snap.router->route(req.target(), host);
   if (auto* err = std::get_if<errc>(&routed)) {
     // A 400 always closes (SPEC.md): after a malformed request nothing that follows
     // on the connection can be trusted to be framed as the client meant.

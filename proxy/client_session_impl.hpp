@@ -1,6 +1,8 @@
 // The inside of one downstream (client) connection, shared by the files that
 // implement it, each one concept along a request's path:
-//   client_session.cpp   the request loop: read a head, check it, route it (and CONNECT)
+//   client_session.cpp   the request loop: read a head, check it, route it
+//   connect.cpp          CONNECT: a blind tunnel, or interception (the client's TLS
+//                        terminated here, the loop then reads requests from inside it)
 //   exchange.cpp         one exchange: lease a connection, retries, the HTTP/1.1 attempt
 //   exchange_h2.cpp      the HTTP/2 attempt: a stream, full-duplex upload and response
 //   drain.cpp            reading what a client abandoned so the connection is reused
@@ -10,6 +12,7 @@
 
 #include <cstddef>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -73,9 +76,10 @@ struct H2Exchange {
   bool has_body = false;
   bool client_keep_alive = true;
   bool expect_continue = false;
-  bool sent_continue = false;  // we answered Expect: 100-continue ourselves
-  std::string kept;            // upload bytes read from the client so far
-  bool kept_all = true;        // false once they outgrew kReplayKeep
+  bool client_trailers = false;  // an HTTP/1.1 client that sent TE: trailers
+  bool sent_continue = false;    // we answered Expect: 100-continue ourselves
+  std::string kept;              // upload bytes read from the client so far
+  bool kept_all = true;          // false once they outgrew kReplayKeep
   // Per attempt: the two halves of a full-duplex exchange tell each other.
   BodyResult upload = BodyResult::ok;  // how reading the client's body went
   bool upload_over = false;            // the upload half has finished
@@ -107,6 +111,11 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   using RequestParser = http::request_parser<http::buffer_body>;
 
   asio::awaitable<bool> handle(RequestParser& parser, const Snapshot& snap);
+  // A CONNECT request; true when the loop goes on, reading requests inside the
+  // client's TLS (intercepted_ is set then).
+  asio::awaitable<bool> connect(RequestParser& parser, const Snapshot& snap, AccessEntry& e);
+  // After the 200: the ClientHello, peeked, then TLS with a minted certificate.
+  asio::awaitable<bool> intercept(const HostPort& target, const Snapshot& snap, AccessEntry& e);
   asio::awaitable<bool> exchange(RequestParser& parser, const Snapshot& snap, RouteDecision& d,
                                  AccessEntry& e);
   asio::awaitable<BodyResult> relay_request_body(RequestParser& parser, UpstreamConn& conn);
@@ -132,6 +141,9 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   std::shared_ptr<Runtime> rt_;
   std::string client_ = "-";
   bool idle_ = false;  // waiting for the first byte of a request; only the strand touches it
+  // The CONNECT whose TLS this session terminated: every request since comes from
+  // inside it and must name this host and port.
+  std::optional<HostPort> intercepted_;
   beast::flat_buffer buffer_;
   // Taken for an exchange and given back while the client idles, so an idle
   // keep-alive connection costs a few hundred bytes, not a body buffer.

@@ -9,6 +9,7 @@
 
 #include "admin.hpp"
 #include "config.hpp"
+#include "intercept/ca_cli.hpp"
 #include "log.hpp"
 #include "server.hpp"
 
@@ -24,7 +25,8 @@ void usage(std::ostream& out) {
          "       upkeep --check-config FILE\n"
          "       upkeep --print-default-config\n"
          "       upkeep --version\n"
-         "       upkeep healthcheck [--admin ADDR:PORT]\n";
+         "       upkeep healthcheck [--admin ADDR:PORT]\n"
+         "       upkeep ca init|path|env|install [--config FILE]\n";
 }
 
 int fail(const std::string& msg) {
@@ -51,6 +53,7 @@ int main(int argc, char** argv) {
   std::string check_path;
   bool check = false;
   bool healthcheck = false;
+  std::string ca_verb;  // `upkeep ca VERB`
   for (std::size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
     auto value = [&](std::string& out) -> bool {
@@ -68,6 +71,14 @@ int main(int argc, char** argv) {
     std::string v;
     if (a == "healthcheck" && i == 0) {
       healthcheck = true;
+    } else if (a == "ca" && i == 0) {
+      if (args.size() < 2 || args[1].rfind("--", 0) == 0) {
+        return fail("ca: needs one of init, path, env, install (see upkeep --help)");
+      }
+      ca_verb = args[++i];
+      if (ca_verb != "init" && ca_verb != "path" && ca_verb != "env" && ca_verb != "install") {
+        return fail("ca: unknown command " + ca_verb + " (use init, path, env or install)");
+      }
     } else if (a == "--version" || a == "-V") {
       std::cout << "upkeep " << UPKEEP_VERSION << '\n';
       return 0;
@@ -109,6 +120,8 @@ int main(int argc, char** argv) {
     if (!cfg.admin) return fail("healthcheck: the admin listener is disabled");
     return upkeep::healthcheck(*cfg.admin);
   }
+  if (!ca_verb.empty())
+    return upkeep::intercept::run_ca_command(ca_verb, cfg, std::cout, std::cerr);
   if (check) {
     std::cout << upkeep::to_yaml(cfg);
     return 0;

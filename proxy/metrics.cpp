@@ -126,8 +126,28 @@ std::string Registry::render_prometheus() const {
   header(out, "upkeep_retries_total", "counter",
          "Requests retried on a fresh connection after a reused one failed.");
   line(out, "upkeep_retries_total", {}, retries.value());
-  header(out, "upkeep_tunnels_total", "counter", "CONNECT tunnels opened (not pooled).");
-  line(out, "upkeep_tunnels_total", {}, tunnels.value());
+  header(out, "upkeep_tunnels_total", "counter",
+         "CONNECTs relayed blindly (not pooled), by why they were not intercepted.");
+  for (std::size_t i = 0; i < kTunnelReasons.size(); ++i) {
+    line(out, "upkeep_tunnels_total", "reason=\"" + std::string(kTunnelReasons[i]) + "\"",
+         tunnels[i].value());
+  }
+  header(out, "upkeep_intercepted_total", "counter",
+         "CONNECTs whose TLS upkeep terminated, so the requests inside are pooled.");
+  line(out, "upkeep_intercepted_total", {}, intercepted.value());
+  header(out, "upkeep_intercept_certs_minted_total", "counter",
+         "Leaf certificates minted for intercepted hosts.");
+  line(out, "upkeep_intercept_certs_minted_total", {}, intercept_minted.value());
+  header(out, "upkeep_intercept_cert_cache_entries", "gauge", "Minted certificates kept.");
+  line(out, "upkeep_intercept_cert_cache_entries", {},
+       static_cast<uint64_t>(std::max<int64_t>(0, intercept_cache_entries.value())));
+  header(out, "upkeep_intercept_handshake_failures_total", "counter",
+         "Intercepted clients whose TLS handshake failed: untrusted (the client rejected "
+         "upkeep's certificate), protocol, timeout.");
+  for (std::size_t i = 0; i < kHandshakeFailures.size(); ++i) {
+    line(out, "upkeep_intercept_handshake_failures_total",
+         "reason=\"" + std::string(kHandshakeFailures[i]) + "\"", handshake_failures[i].value());
+  }
   header(out, "upkeep_pool_wait_seconds", "histogram", "Time requests waited for a connection.");
   pool_wait_seconds.render(out, "upkeep_pool_wait_seconds");
   header(out, "upkeep_upstream_requests_per_connection", "histogram",
@@ -222,7 +242,12 @@ std::string Registry::render_json(bool ready) const {
   num("drained_bytes_total", drained_bytes.value());
   num("drain_aborted_total", drain_aborted.value());
   num("retries_total", retries.value());
-  num("tunnels_total", tunnels.value());
+  uint64_t tunnel_sum = 0;
+  for (const auto& t : tunnels)
+    tunnel_sum += t.value();
+  num("tunnels_total", tunnel_sum);
+  num("intercepted_total", intercepted.value());
+  num("intercept_certs_minted_total", intercept_minted.value());
   num("pool_wait_count", pool_wait_seconds.count());
   out += ",\"origins\":{";
   std::lock_guard lock(mu_);

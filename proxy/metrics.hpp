@@ -52,6 +52,18 @@ class Histogram {
   std::atomic<uint64_t> sum_micro_{0};  // sum in millionths, to stay atomic without CAS loops
 };
 
+// Why a CONNECT was relayed blindly (upkeep_tunnels_total{reason}): access.connect
+// is tunnel; the host is in intercept.skip or not in intercept.hosts; its first bytes
+// were not a TLS ClientHello; its ALPN offered no http/1.1; its client rejected
+// upkeep's certificate lately; or its name cannot go into a certificate.
+enum class TunnelReason : unsigned char { connect, skip, not_tls, alpn, fallback, name };
+inline constexpr std::array<std::string_view, 6> kTunnelReasons{"connect", "skip",     "not_tls",
+                                                                "alpn",    "fallback", "name"};
+// Why an intercepted client's TLS handshake failed.
+enum class HandshakeFailure : unsigned char { untrusted, protocol, timeout };
+inline constexpr std::array<std::string_view, 3> kHandshakeFailures{"untrusted", "protocol",
+                                                                    "timeout"};
+
 // Per-origin series. Addresses are stable for the life of the process.
 struct OriginMetrics {
   std::string label;
@@ -91,7 +103,15 @@ class Registry {
   Counter drained_bytes;
   Counter drain_aborted;
   Counter retries;
-  Counter tunnels;
+  std::array<Counter, kTunnelReasons.size()> tunnels;
+  Counter intercepted;  // CONNECTs whose TLS upkeep terminated
+  Counter intercept_minted;
+  Gauge intercept_cache_entries;
+  std::array<Counter, kHandshakeFailures.size()> handshake_failures;
+  void tunnel(TunnelReason r) noexcept { tunnels[static_cast<std::size_t>(r)].inc(); }
+  void handshake_failed(HandshakeFailure f) noexcept {
+    handshake_failures[static_cast<std::size_t>(f)].inc();
+  }
   Histogram pool_wait_seconds{0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10};
   Histogram requests_per_connection{1, 2, 5, 10, 50, 100, 500, 1000, 10000, 100000};
 

@@ -15,9 +15,15 @@
 
 namespace upkeep {
 
+namespace intercept {
+class Interceptor;
+}
+
 struct Snapshot {
   std::shared_ptr<const Router> router;
   std::vector<std::string> auth_lines;  // "user:password" from access.auth
+  // Set when access.connect is intercept.
+  std::shared_ptr<intercept::Interceptor> interceptor;
 };
 
 struct Runtime {

@@ -24,6 +24,7 @@
 
 #include "admin.hpp"
 #include "client_session.hpp"
+#include "intercept/interceptor.hpp"
 #include "log.hpp"
 
 namespace upkeep {
@@ -57,10 +58,20 @@ std::string endpoint_text(const tcp::endpoint& ep) {
   return (a.is_v6() ? "[" + a.to_string() + "]" : a.to_string()) + ":" + std::to_string(ep.port());
 }
 
-std::shared_ptr<const Snapshot> make_snapshot(const Config& cfg) {
+// prev: the running snapshot on a reload, whose interception state (CA, minted
+// certificates, fallbacks) carries over while the intercept: keys stay the same.
+std::shared_ptr<const Snapshot> make_snapshot(const Config& cfg,
+                                              const std::shared_ptr<const Snapshot>& prev = {}) {
   auto snap = std::make_shared<Snapshot>();
   snap->router = std::make_shared<Router>(std::make_shared<const Config>(cfg));
   if (!cfg.access.auth.empty()) snap->auth_lines = load_auth_lines(cfg.access.auth);
+  if (cfg.access.connect == ConnectMode::intercept) {
+    if (prev && prev->interceptor && prev->interceptor->settings() == cfg.intercept) {
+      snap->interceptor = prev->interceptor;
+    } else {
+      snap->interceptor = std::make_shared<intercept::Interceptor>(cfg);
+    }
+  }
   return snap;
 }
 
@@ -203,7 +214,7 @@ int run_server(Config cfg, const std::string& config_path, const Overrides& over
     try {
       Config next = load_config_file(config_path);
       apply_overrides(next, overrides);
-      auto snap = make_snapshot(next);
+      auto snap = make_snapshot(next, rt->current());
       std::shared_ptr<tcp::acceptor> next_proxy;
       std::shared_ptr<tcp::acceptor> next_admin;
       const bool admin_changed = next.admin != cfg.admin;

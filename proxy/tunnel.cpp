@@ -49,7 +49,8 @@ asio::awaitable<void> pump(tcp::socket& from, tcp::socket& to, uint64_t& counter
 }  // namespace
 
 asio::awaitable<errc> run_tunnel(ClientStream& client, beast::flat_buffer& pending,
-                                 const HostPort& target, const Snapshot& snap, AccessEntry& e) {
+                                 const HostPort& target, const Snapshot& snap, AccessEntry& e,
+                                 metrics::TunnelReason reason, bool answered) {
   using namespace asio::experimental::awaitable_operators;
   auto ex = client.get_executor();
   const auto& settings = snap.router->config().upstream;
@@ -72,13 +73,15 @@ asio::awaitable<errc> run_tunnel(ClientStream& client, beast::flat_buffer& pendi
   error_code ignored;
   upstream.socket().set_option(tcp::no_delay(true), ignored);
 
-  metrics::Registry::get().tunnels.inc();
-  static constexpr std::string_view established = "HTTP/1.1 200 Connection established\r\n\r\n";
-  client.expires_after(std::chrono::seconds(10));
-  auto [wec, wn] = co_await asio::async_write(client, asio::buffer(established), use_tuple);
-  client.expires_never();
+  metrics::Registry::get().tunnel(reason);
   e.status = 200;
-  if (wec) co_return errc::ok;
+  if (!answered) {
+    static constexpr std::string_view established = "HTTP/1.1 200 Connection established\r\n\r\n";
+    client.expires_after(std::chrono::seconds(10));
+    auto [wec, wn] = co_await asio::async_write(client, asio::buffer(established), use_tuple);
+    client.expires_never();
+    if (wec) co_return errc::ok;
+  }
   // Bytes the client sent after the CONNECT head (a TLS ClientHello, typically).
   if (pending.size() > 0) {
     auto [pec, pn] = co_await asio::async_write(upstream.socket(), pending.data(), use_tuple);
