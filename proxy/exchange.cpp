@@ -22,9 +22,35 @@ asio::awaitable<bool> ClientSession::exchange(RequestParser& parser, const Snaps
   const bool has_body = !parser.is_done();
   const bool client_keep_alive = req.keep_alive();
   const bool expect_continue = has_body && beast::iequals(req[http::field::expect], "100-continue");
-  // The one retry is safe only when nothing of the client's body has been consumed
-  // and the method is idempotent; a POST is never sent twice.
-  const bool may_retry = s.retry_idempotent && is_idempotent(method) && !has_body;
+  // The one retry is safe only for an idempotent method or a request carrying an
+  // Idempotency-Key (the client declared a repeat safe), and only with its body, if
+  // any, still in hand: a small body (known length, no Expect) is read whole first
+  // for that. A POST without a key is never sent twice.
+  const bool repeatable =
+      s.retry_idempotent && (is_idempotent(method) || req.count("Idempotency-Key") != 0);
+  bool buffered = false;  // the whole body is in h2x.kept
+  H2Exchange h2x;
+  if (repeatable && has_body && !expect_continue) {
+    if (auto len = parser.content_length(); len && *len <= kReplayKeep) {
+      while (!parser.is_done()) {
+        auto [r, got, last] = co_await read_client_chunk(parser);
+        if (r == BodyResult::client_malformed) {
+          co_await send_error(errc::bad_request, version, true, e, "invalid request body framing");
+          co_return false;
+        }
+        if (r != BodyResult::ok) {
+          e.error = "client_closed";
+          write_access_log(e);
+          co_return false;
+        }
+        h2x.kept.append(body_buf(), got);
+      }
+      buffered = true;
+    }
+  }
+  const bool may_retry = repeatable && (!has_body || buffered);
+  // Trailers can reach an HTTP/1.1 client that asked for them (RFC 9110 §6.5).
+  const bool client_trailers = version >= 11 && accepts_trailers(req);
 
   http::request_header<> up = req.base();  // kept whole: a retry sends it again
   prepare_upstream_request(up, d.path, d.host_header);
@@ -36,7 +62,6 @@ asio::awaitable<bool> ClientSession::exchange(RequestParser& parser, const Snaps
   bool fresh_only = false;
   int replays = 0;
   const auto started = std::chrono::steady_clock::now();
-  H2Exchange h2x;
   h2x.snap = &snap;
   h2x.d = &d;
   h2x.e = &e;
@@ -49,6 +74,7 @@ asio::awaitable<bool> ClientSession::exchange(RequestParser& parser, const Snaps
   h2x.has_body = has_body;
   h2x.client_keep_alive = client_keep_alive;
   h2x.expect_continue = expect_continue;
+  h2x.client_trailers = client_trailers;
 
   for (;;) {
     Lease lease = co_await pool->async_acquire(fresh_only, asio::use_awaitable);
@@ -88,7 +114,14 @@ asio::awaitable<bool> ClientSession::exchange(RequestParser& parser, const Snaps
     bool body_sent = !has_body;
     // Sends the request body; false when the exchange is over (already answered).
     auto send_body = [&]() -> asio::awaitable<bool> {
-      auto r = co_await relay_request_body(parser, *conn);
+      BodyResult r = BodyResult::ok;
+      if (buffered) {
+        if (co_await conn->write_body(h2x.kept.data(), h2x.kept.size(), true)) {
+          r = BodyResult::upstream_failed;
+        }
+      } else {
+        r = co_await relay_request_body(parser, *conn);
+      }
       if (r == BodyResult::client_failed || r == BodyResult::client_malformed) {
         // HTTP/1.1 cannot abandon a request mid-body: the connection must go.
         pool->release(conn, false, pool::CloseReason::client_abort);
@@ -164,6 +197,7 @@ asio::awaitable<bool> ClientSession::exchange(RequestParser& parser, const Snaps
     if (chunked) rh.set(http::field::transfer_encoding, "chunked");
     e.status = static_cast<int>(status);
     const std::string head_text = serialize_head(rh, version);
+    if (chunked) conn->mark_trailer_start();
 
     stream_.expires_after(snap.router->config().limits.client_idle_timeout);
     // The upstream's part is over before the client sees the last byte, so the
@@ -171,10 +205,12 @@ asio::awaitable<bool> ClientSession::exchange(RequestParser& parser, const Snaps
     // this response ends must find it in the pool, not open another one.
     auto release_done = [&]() {
       pool->release(conn, conn->reusable(),
-                    conn->response_until_close() ? pool::CloseReason::server_closed
-                                                 : pool::CloseReason::error,
+                    conn->response_until_close() || conn->server_closing()
+                        ? pool::CloseReason::server_closed
+                        : pool::CloseReason::error,
                     hint);
     };
+    std::vector<H2Field> trailers;  // taken before the connection goes back
     if (no_body) {
       release_done();
       auto wec = co_await write_piece(head_text, {}, false, false);
@@ -201,11 +237,14 @@ asio::awaitable<bool> ClientSession::exchange(RequestParser& parser, const Snaps
         }
         n = got;
         last = conn->response_done();
-        if (last) release_done();
+        if (last) {
+          if (chunked) trailers = conn->trailers();
+          release_done();
+        }
       }
       stream_.expires_after(snap.router->config().limits.client_idle_timeout);
       auto wec = co_await write_piece(first ? std::string_view(head_text) : std::string_view(),
-                                      {body_buf(), n}, chunked, last);
+                                      {body_buf(), n}, chunked, last, &trailers);
       if (wec) {
         stream_.expires_never();
         e.error = "client_closed";

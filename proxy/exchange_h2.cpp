@@ -202,7 +202,13 @@ asio::awaitable<H2Attempt> ClientSession::respond_h2(H2Exchange& x, std::shared_
   auto& rh = hd.head;
   const unsigned status = rh.result_int();
   const bool no_body = x.head || status == 204 || status == 304;
-  const bool has_length = rh.count(http::field::content_length) != 0;
+  bool has_length = rh.count(http::field::content_length) != 0;
+  // A length leaves no room for trailers in HTTP/1.1; a client that asked for them
+  // gets the body chunked (SPEC.md "Trailers").
+  if (has_length && x.client_trailers && !no_body) {
+    rh.erase(http::field::content_length);
+    has_length = false;
+  }
   // A response that starts before the upload ends closes the client connection: the
   // rest of the request body would otherwise be read as the next request.
   bool close_client = !x.client_keep_alive || !x.parser->is_done() || rt_->draining.load();

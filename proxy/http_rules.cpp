@@ -364,6 +364,42 @@ ChunkFrame::ChunkFrame(std::size_t n, bool last, std::string_view trailer_lines)
   }
 }
 
+bool allowed_in_trailer(http::field f) noexcept {
+  switch (f) {
+    case http::field::content_length:
+    case http::field::transfer_encoding:
+    case http::field::content_type:
+    case http::field::content_encoding:
+    case http::field::content_range:
+    case http::field::host:
+    case http::field::connection:
+    case http::field::keep_alive:
+    case http::field::proxy_connection:
+    case http::field::te:
+    case http::field::trailer:
+    case http::field::upgrade:
+    case http::field::authorization:
+    case http::field::set_cookie:
+    case http::field::cache_control:
+    case http::field::expect:
+    case http::field::via:
+      return false;
+    default:
+      return true;
+  }
+}
+
+bool accepts_trailers(const http::fields& f) {
+  bool yes = false;
+  for (const auto& fld : values_of(f, http::field::te)) {
+    for_each_list_element(sv(fld.value()), [&yes](std::string_view tok) {
+      auto semi = tok.find(';');
+      if (iequals(trim_ows(tok.substr(0, semi)), "trailers")) yes = true;
+    });
+  }
+  return yes;
+}
+
 bool is_idempotent(http::verb v) noexcept {
   switch (v) {
     case http::verb::get:

@@ -79,6 +79,11 @@ class ChunkFrame {
 
 // RFC 9110 §9.2.2 idempotent methods (GET, HEAD, OPTIONS, TRACE, PUT, DELETE).
 bool is_idempotent(http::verb v) noexcept;
+// What a trailer may not carry (RFC 9110 §6.5.1): framing, routing, the fields a
+// recipient must know before the body, and hop-by-hop fields.
+bool allowed_in_trailer(http::field f) noexcept;
+// The client asked for trailers (`TE: trailers`, RFC 9110 §10.1.4).
+bool accepts_trailers(const http::fields& f);
 
 // Credentials check for access.auth: the Proxy-Authorization value ("Basic b64")
 // against a list of "user:password" lines. Constant-time per candidate.

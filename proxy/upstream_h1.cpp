@@ -13,6 +13,7 @@
 #include <boost/beast/http/read.hpp>
 
 #include "http_rules.hpp"
+#include "upstream_h2.hpp"
 
 namespace upkeep {
 namespace {
@@ -156,8 +157,34 @@ bool UpstreamConn::response_until_close() const {
 
 bool UpstreamConn::reusable() const {
   if (broken_ || !parser_ || !parser_->is_done() || !request_done_ || request_close_) return false;
-  if (!parser_->keep_alive() || parser_->upgrade()) return false;
+  // Not parser_->upgrade(): Beast sets it for `Connection: Upgrade` on any message.
+  if (!parser_->keep_alive() || parser_->get().result_int() == 101) return false;
   return buffer_.size() == 0;
+}
+
+bool UpstreamConn::server_closing() const {
+  return parser_ && parser_->is_header_done() && !parser_->keep_alive();
+}
+
+void UpstreamConn::mark_trailer_start() noexcept {
+  trailer_start_ = 0;
+  if (!parser_) return;
+  const auto& f = parser_->get().base();
+  trailer_start_ = static_cast<std::size_t>(std::distance(f.begin(), f.end()));
+}
+
+std::vector<H2Field> UpstreamConn::trailers() const {
+  std::vector<H2Field> out;
+  if (!parser_ || !parser_->is_done() || !parser_->chunked()) return out;
+  const auto& f = parser_->get().base();
+  auto it = f.begin();
+  for (std::size_t i = 0; i < trailer_start_ && it != f.end(); ++i)
+    ++it;
+  for (; it != f.end(); ++it) {
+    if (!allowed_in_trailer(it->name())) continue;
+    out.push_back({std::string(it->name_string()), std::string(it->value())});
+  }
+  return out;
 }
 
 void UpstreamConn::release_idle_memory() {

@@ -13,6 +13,7 @@
 #include <optional>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
@@ -24,6 +25,8 @@
 #include "upstream_stream.hpp"
 
 namespace upkeep {
+
+struct H2Field;
 
 namespace asio = boost::asio;
 namespace beast = boost::beast;
@@ -64,8 +67,19 @@ class UpstreamConn {
   bool response_until_close() const;
 
   // The explicit reuse decision (DESIGN.md #2): both messages complete, neither side
-  // asked to close, no upgrade, and no byte read beyond the response.
+  // asked to close, no protocol switch (101), and no byte read beyond the response.
+  // An Upgrade field on any other response is an advertisement (RFC 9110 §7.8:
+  // Apache with mod_http2 sends one on every HTTP/1.1 response) and changes nothing.
   bool reusable() const;
+  // Why a connection that is not reusable goes: the server said `Connection: close`
+  // (or ends the body by closing) -> server_closed, else error.
+  bool server_closing() const;
+
+  // Trailer fields of a chunked response, once it is done: those the parser added to
+  // the head after mark_trailer_start(), called once the head has been relayed (the
+  // relay edits the same fields), less what may not be a trailer (RFC 9110 §6.5.1).
+  void mark_trailer_start() noexcept;
+  std::vector<H2Field> trailers() const;
 
   // Bounds the next operations; beast::error::timeout when it fires.
   void expires_after(std::chrono::steady_clock::duration d) { stream_->expires_after(d); }
@@ -99,6 +113,7 @@ class UpstreamConn {
   bool request_chunked_ = false;
   bool got_bytes_ = false;
   bool broken_ = false;
+  std::size_t trailer_start_ = 0;  // fields in the head when it was relayed
 };
 
 }  // namespace upkeep

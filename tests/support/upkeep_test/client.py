@@ -14,6 +14,7 @@ class Response:
         self.body = b""
         self.interim = []       # 1xx responses that came before this one
         self.complete = True    # False when the body ended early (connection closed)
+        self.trailers = []      # (name, value) after the last chunk
 
     def header(self, name, default=None):
         n = name.lower()
@@ -197,12 +198,17 @@ class Conn:
         cl = resp.header("content-length")
         if te and "chunked" in te.lower():
             body = bytearray()
+            resp.trailers = []
             try:
                 while True:
                     size = int(self.read_line().split(b";")[0].strip(), 16)
                     if size == 0:
-                        while self.read_line() != b"":
-                            pass
+                        while True:
+                            line = self.read_line()
+                            if line == b"":
+                                break
+                            k, _, v = line.decode("latin-1").partition(":")
+                            resp.trailers.append((k.strip(), v.strip()))
                         break
                     body += self.read_exact(size)
                     if self.read_exact(2) != b"\r\n":
