@@ -37,6 +37,7 @@ peer_certs.
 import asyncio
 import hashlib
 import json
+import os
 import socket
 import ssl
 import struct
@@ -115,6 +116,11 @@ class FaultOrigin:
     # -- life cycle -------------------------------------------------------------
     def _ssl_context(self):
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        # UPKEEP_TEST_ORIGIN_TLS_MAX=1.2: the same tests against a TLS 1.2-only origin
+        # (real servers speak 1.3 by default, which sends session tickets after the
+        # handshake; 1.2 does not).
+        if os.environ.get("UPKEEP_TEST_ORIGIN_TLS_MAX") == "1.2":
+            ctx.maximum_version = ssl.TLSVersion.TLSv1_2
         if self.cert == "other":
             ctx.load_cert_chain(self.pki.other_server_cert, self.pki.other_server_key)
         else:

@@ -52,6 +52,7 @@ http {{
     server {{
         listen 127.0.0.1:{port} ssl http2;
         server_name _;
+        ssl_protocols {protocols};
         ssl_certificate {cert};
         ssl_certificate_key {key};
         ssl_client_certificate {ca};
@@ -101,7 +102,10 @@ class Nginx:
         self.port = sock.getsockname()[1]
         conf = os.path.join(self.dir, "nginx.conf")
         with open(conf, "w") as f:
-            f.write(_CONF.format(user="user root;\n" if os.geteuid() == 0 else "", dir=self.dir, port=self.port, cert=self.pki.server_cert,
+            # UPKEEP_TEST_ORIGIN_TLS_MAX=1.2: a TLS 1.2-only origin (see fault_origin.py).
+            protocols = ("TLSv1.2" if os.environ.get("UPKEEP_TEST_ORIGIN_TLS_MAX") == "1.2"
+                         else "TLSv1.2 TLSv1.3")
+            f.write(_CONF.format(protocols=protocols, user="user root;\n" if os.geteuid() == 0 else "", dir=self.dir, port=self.port, cert=self.pki.server_cert,
                                  key=self.pki.server_key, ca=self.pki.ca_cert))
         env = dict(os.environ)
         env["NGINX"] = "%d;" % sock.fileno()
