@@ -10,6 +10,7 @@
 #include "admin.hpp"
 #include "config.hpp"
 #include "intercept/ca_cli.hpp"
+#include "intercept/ca_store.hpp"
 #include "log.hpp"
 #include "server.hpp"
 
@@ -123,6 +124,18 @@ int main(int argc, char** argv) {
   if (!ca_verb.empty())
     return upkeep::intercept::run_ca_command(ca_verb, cfg, std::cout, std::cerr);
   if (check) {
+    // The CA is part of the config: a key others can read, or one that does not
+    // match its certificate, fails the check as it would fail the start. Only an
+    // own CA not created yet is left to the start (which creates it).
+    if (cfg.access.connect == upkeep::ConnectMode::intercept &&
+        (!cfg.intercept.ca_cert.empty() ||
+         upkeep::intercept::CertificateAuthority::find_cert(cfg.intercept))) {
+      try {
+        upkeep::intercept::CertificateAuthority::load(cfg, false);
+      } catch (const upkeep::ConfigError& e) {
+        return fail(e.what());
+      }
+    }
     std::cout << upkeep::to_yaml(cfg);
     return 0;
   }

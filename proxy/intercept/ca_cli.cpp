@@ -127,6 +127,18 @@ std::string shell_quote(std::string_view value) {
   return out;
 }
 
+std::string wgetrc_path(const CertificateAuthority& ca) {
+  return ca.state_dir() + "/wgetrc";
+}
+
+void write_client_files(const CertificateAuthority& ca) {
+  ca.write_trust_bundle();
+  write_public_file(wgetrc_path(ca),
+                    "# Written by upkeep (`upkeep ca env` exports WGETRC=this file).\n"
+                    "ca_certificate = " +
+                        ca.bundle_path() + "\n");
+}
+
 std::string ca_env_exports(const Config& cfg, const CertificateAuthority& ca) {
   std::string out;
   auto line = [&](const char* name, const std::string& value) {
@@ -144,6 +156,7 @@ std::string ca_env_exports(const Config& cfg, const CertificateAuthority& ca) {
     line(name, bundle);
   }
   line("NODE_EXTRA_CA_CERTS", ca.cert_path());
+  line("WGETRC", wgetrc_path(ca));
   return out;
 }
 
@@ -168,7 +181,7 @@ int run_ca_command(std::string_view verb, const Config& cfg, std::ostream& out, 
   try {
     if (verb == "init") {
       auto ca = CertificateAuthority::load(cfg, true);
-      ca->write_trust_bundle();
+      write_client_files(*ca);
       for (const auto& w : ca->warnings())
         err << "upkeep: warning: " << w << '\n';
       if (ca->created()) {
@@ -190,7 +203,10 @@ int run_ca_command(std::string_view verb, const Config& cfg, std::ostream& out, 
     }
     if (verb == "env") {
       auto ca = CertificateAuthority::load(cfg, false);
-      if (::access(ca->bundle_path().c_str(), R_OK) != 0) ca->write_trust_bundle();
+      if (::access(ca->bundle_path().c_str(), R_OK) != 0 ||
+          ::access(wgetrc_path(*ca).c_str(), R_OK) != 0) {
+        write_client_files(*ca);
+      }
       out << ca_env_exports(cfg, *ca);
       return 0;
     }

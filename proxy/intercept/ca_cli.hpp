@@ -32,6 +32,13 @@ int run_ca_command(std::string_view verb, const Config& cfg, std::ostream& out, 
 // `value` as one POSIX shell word: single-quoted, each ' written as '\''.
 std::string shell_quote(std::string_view value);
 
+// The files `ca env` points clients at, (re)written by `ca init` and at every start:
+// the trust bundle, and <state_dir>/wgetrc naming it (Debian's wget is built with
+// GnuTLS and reads no CA variable, only a wgetrc's ca_certificate; WGETRC replaces
+// ~/.wgetrc). Throws ConfigError.
+void write_client_files(const CertificateAuthority& ca);
+std::string wgetrc_path(const CertificateAuthority& ca);
+
 // The `ca env` text for a CA.
 std::string ca_env_exports(const Config& cfg, const CertificateAuthority& ca);
 

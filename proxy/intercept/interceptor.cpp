@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "intercept/ca_cli.hpp"
 #include "intercept/ca_store.hpp"
 #include "intercept/cert_cache.hpp"
 #include "intercept/cert_mint.hpp"
@@ -57,7 +58,14 @@ SSL_CTX* make_server_ctx() {
 
 Interceptor::Interceptor(const Config& cfg)
     : settings_(cfg.intercept), ca_(CertificateAuthority::load(cfg, true)) {
-  ca_->write_trust_bundle();
+  // The bundle and wgetrc serve `upkeep ca env`; a read-only state directory (a
+  // container with its CA from a Secret) costs those files, not the proxy.
+  try {
+    write_client_files(*ca_);
+  } catch (const std::exception& e) {
+    log::warn("cannot write the trust bundle for `upkeep ca env`",
+              {{"dir", ca_->state_dir()}, {"error", quoted(e.what())}});
+  }
   for (const auto& w : ca_->warnings())
     log::warn(w);
   cache_ = std::make_shared<CertCache>(std::make_shared<LeafMinter>(ca_), settings_.cert_cache);
