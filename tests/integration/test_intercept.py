@@ -24,6 +24,11 @@ from upkeep_test import patterns
 from upkeep_test.testcase import UpkeepTestCase
 from upkeep_test.util import rss_kib
 
+
+def read(path, mode="r"):
+    with open(path, mode) as f:
+        return f.read()
+
 PY = "/usr/bin/python3"
 SIZE = 1024
 URL = "https://origin.test/1k"
@@ -165,8 +170,11 @@ class InterceptTest(UpkeepTestCase):
             self.addCleanup(shutil.rmtree, d, True)
             with open(os.path.join(d, "main.go"), "w") as f:
                 f.write(GO_CLIENT)
-            genv = dict(env, GOCACHE=os.path.join(d, "cache"), GOPATH=os.path.join(d, "gopath"),
-                        GOFLAGS="-mod=mod", GO111MODULE="off", HOME=d)
+            # The build cache lives beside the binary under test, so the standard
+            # library compiles once per build tree, not per run.
+            cache = os.path.join(os.path.dirname(os.path.abspath(os.environ["UPKEEP_BIN"])), "go-cache")
+            genv = dict(env, GOCACHE=cache, GOPATH=os.path.join(d, "gopath"), GO111MODULE="off",
+                        HOME=d)
             out = self.run_client([go, "run", os.path.join(d, "main.go"), URL + "?client=go"], genv)
             self.assertEqual(out.decode().strip(), want)
             self.assert_pooled("go")
@@ -237,18 +245,18 @@ class InterceptTest(UpkeepTestCase):
         key = os.path.join(self.state, "ca-key.pem")
         self.assertEqual(stat.S_IMODE(os.stat(self.state).st_mode), 0o700)
         self.assertEqual(stat.S_IMODE(os.stat(key).st_mode), 0o600)
-        text = ic.openssl_text(open(ca).read())
+        text = ic.openssl_text(read(ca))
         self.assertIn("CA:TRUE, pathlen:0", text)
         self.assertIn("ASN1 OID: prime256v1", text)
-        before = open(key, "rb").read()
+        before = read(key, "rb")
         r = ic.ca_command("init", self.up.config)
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual(r.stdout.strip(), ca)
-        self.assertEqual(open(key, "rb").read(), before, "the CA key was overwritten")
+        self.assertEqual(read(key, "rb"), before, "the CA key was overwritten")
         r = ic.ca_command("path", self.up.config)
         self.assertEqual((r.returncode, r.stdout.strip()), (0, ca))
         bundle = os.path.join(self.state, "ca-bundle.pem")
-        self.assertIn(open(ca).read().strip(), open(bundle).read())
+        self.assertIn(read(ca).strip(), read(bundle))
 
     def test_ca_path_without_a_ca(self):
         cfg = ic.intercept_config(os.path.join(self.state, "none"))
@@ -268,7 +276,7 @@ class InterceptTest(UpkeepTestCase):
         self.assertNotIn("IP Address", text)
         self.assertIn("TLS Web Server Authentication", text)
         self.assertIn("CA:FALSE", text)
-        ca_text = ic.openssl_text(open(ic.ca_cert_path(self.up)).read())
+        ca_text = ic.openssl_text(read(ic.ca_cert_path(self.up)))
         ski = ca_text.split("Subject Key Identifier:")[1].split()[0]
         self.assertIn("Authority Key Identifier:", text)
         self.assertIn(ski, text.split("Authority Key Identifier:")[1].split("\n\n")[0][:200])
@@ -310,7 +318,7 @@ class InterceptTest(UpkeepTestCase):
 
     def test_name_constraints_from_hosts(self):
         self.start(hosts=["origin.test", "*.origin.test"])
-        text = ic.openssl_text(open(ic.ca_cert_path(self.up)).read())
+        text = ic.openssl_text(read(ic.ca_cert_path(self.up)))
         self.assertIn("Name Constraints: critical", text)
         self.assertIn("DNS:origin.test", text)
         with ic.tls_through(self.up, "origin.test", 443) as t:
