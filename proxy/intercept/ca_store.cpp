@@ -1,40 +1,27 @@
 #include "intercept/ca_store.hpp"
 
-#include <arpa/inet.h>
 #include <fcntl.h>
-#include <openssl/bn.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/rand.h>
+#include <openssl/x509v3.h>
 #include <pwd.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <array>
 #include <cerrno>
+#include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <ctime>
+#include <string_view>
 #include <system_error>
 #include <utility>
 
-#include "text.hpp"
-
 namespace upkeep::intercept {
 namespace {
-
-using BioPtr = OsslPtr<BIO, BIO_free_all>;
-using BnPtr = OsslPtr<BIGNUM, BN_free>;
-using Asn1IntPtr = OsslPtr<ASN1_INTEGER, ASN1_INTEGER_free>;
-using OctetPtr = OsslPtr<ASN1_OCTET_STRING, ASN1_OCTET_STRING_free>;
-using BitStringPtr = OsslPtr<ASN1_BIT_STRING, ASN1_BIT_STRING_free>;
-using BasicConstraintsPtr = OsslPtr<BASIC_CONSTRAINTS, BASIC_CONSTRAINTS_free>;
-using AkidPtr = OsslPtr<AUTHORITY_KEYID, AUTHORITY_KEYID_free>;
-using NameConstraintsPtr = OsslPtr<NAME_CONSTRAINTS, NAME_CONSTRAINTS_free>;
-using GeneralNamePtr = OsslPtr<GENERAL_NAME, GENERAL_NAME_free>;
-using SubtreePtr = OsslPtr<GENERAL_SUBTREE, GENERAL_SUBTREE_free>;
-using Subtrees = STACK_OF(GENERAL_SUBTREE);
 
 constexpr const char* kCertFile = "ca.pem";
 constexpr const char* kKeyFile = "ca-key.pem";
@@ -313,70 +300,6 @@ bool exists_at(int dirfd, const char* name, const std::string& dir) {
   fail("intercept.state_dir", dir + "/" + name + ": " + errno_text(errno));
 }
 
-void add_ext(X509* x, int nid, void* value, bool critical) {
-  if (X509_add1_ext_i2d(x, nid, value, critical ? 1 : 0, X509V3_ADD_DEFAULT) != 1) {
-    throw std::runtime_error(std::string("adding ") + OBJ_nid2sn(nid) + ": " +
-                             take_openssl_error());
-  }
-}
-
-OctetPtr octets(const std::vector<unsigned char>& bytes) {
-  OctetPtr o(ASN1_OCTET_STRING_new());
-  if (!o || ASN1_OCTET_STRING_set(o.get(), bytes.data(), static_cast<int>(bytes.size())) != 1) {
-    throw std::bad_alloc();
-  }
-  return o;
-}
-
-void push_subtree(Subtrees** stack, GeneralNamePtr base) {
-  if (!*stack) *stack = sk_GENERAL_SUBTREE_new_null();
-  SubtreePtr sub(GENERAL_SUBTREE_new());
-  if (!*stack || !sub) throw std::bad_alloc();
-  GENERAL_NAME_free(sub->base);
-  sub->base = base.release();
-  if (!sk_GENERAL_SUBTREE_push(*stack, sub.get())) throw std::bad_alloc();
-  sub.release();
-}
-
-GeneralNamePtr dns_general_name(const std::string& s) {
-  GeneralNamePtr gn(GENERAL_NAME_new());
-  ASN1_IA5STRING* ia5 = ASN1_IA5STRING_new();
-  if (!gn || !ia5 || ASN1_STRING_set(ia5, s.data(), static_cast<int>(s.size())) != 1) {
-    ASN1_IA5STRING_free(ia5);
-    throw std::bad_alloc();
-  }
-  GENERAL_NAME_set0_value(gn.get(), GEN_DNS, ia5);
-  return gn;
-}
-
-GeneralNamePtr ip_general_name(const std::vector<unsigned char>& bytes) {
-  GeneralNamePtr gn(GENERAL_NAME_new());
-  if (!gn) throw std::bad_alloc();
-  GENERAL_NAME_set0_value(gn.get(), GEN_IPADD, octets(bytes).release());
-  return gn;
-}
-
-void add_name_constraints(X509* x, const NameConstraints& nc) {
-  NameConstraintsPtr ext(NAME_CONSTRAINTS_new());
-  if (!ext) throw std::bad_alloc();
-  for (const auto& d : nc.permitted_dns)
-    push_subtree(&ext->permittedSubtrees, dns_general_name(d));
-  for (const auto& d : nc.excluded_dns)
-    push_subtree(&ext->excludedSubtrees, dns_general_name(d));
-  auto ip = [](const NameConstraints::IpRange& r) {
-    std::vector<unsigned char> b = r.addr;
-    b.insert(b.end(), r.mask.begin(), r.mask.end());
-    return ip_general_name(b);
-  };
-  for (const auto& r : nc.permitted_ip)
-    push_subtree(&ext->permittedSubtrees, ip(r));
-  for (const auto& r : nc.excluded_ip)
-    push_subtree(&ext->excludedSubtrees, ip(r));
-  // Critical (RFC 5280 4.2.1.10): a client that cannot honour the limits must not
-  // accept the CA as unlimited.
-  add_ext(x, NID_name_constraints, ext.get(), true);
-}
-
 // "upkeep interception CA (build-host, 2026-11-23)": a subject of its own per install,
 // so two installs' CAs are never confused in a trust store listing.
 std::string own_ca_common_name() {
@@ -493,121 +416,7 @@ void create_own_ca(int dirfd, const std::string& dir, const std::vector<std::str
   ::fsync(dirfd);
 }
 
-bool ends_with_ci(std::string_view s, std::string_view suffix) {
-  return s.size() >= suffix.size() && iequals(s.substr(s.size() - suffix.size()), suffix);
-}
-
-// OpenSSL's nc_dns (crypto/x509/v3_ncons.c), for one name and one base.
-bool dns_in_subtree(std::string_view name, std::string_view base) {
-  if (base.empty()) return true;
-  if (name.size() < base.size()) return false;
-  if (name.size() > base.size() && base.front() != '.' &&
-      name[name.size() - base.size() - 1] != '.') {
-    return false;
-  }
-  return ends_with_ci(name, base);
-}
-
-// ".d" for names under d; base forms "x" and ".x" both as ".x" for suffix tests.
-std::string dotted(std::string_view s) {
-  return !s.empty() && s.front() == '.' ? std::string(s) : "." + std::string(s);
-}
-
-// Every name under d (what "*.d" matches) lies in the subtree `base`.
-bool covers_all_under(std::string_view base, std::string_view d) {
-  return base.empty() || ends_with_ci(dotted(d), dotted(base));
-}
-
-// Some name under d lies in the subtree `base`.
-bool meets_some_under(std::string_view base, std::string_view d) {
-  if (base.empty()) return true;
-  if (base == ".") return false;  // matches no name at all
-  const std::string D = dotted(d), B = dotted(base);
-  return ends_with_ci(D, B) || ends_with_ci(B, D);
-}
-
-std::optional<std::vector<unsigned char>> ip_bytes(const std::string& text) {
-  std::array<unsigned char, 16> b{};
-  if (inet_pton(AF_INET, text.c_str(), b.data()) == 1) return std::vector(b.begin(), b.begin() + 4);
-  if (inet_pton(AF_INET6, text.c_str(), b.data()) == 1) return std::vector(b.begin(), b.end());
-  return std::nullopt;
-}
-
-bool ip_in_range(const std::vector<unsigned char>& ip, const NameConstraints::IpRange& r) {
-  if (ip.size() != r.addr.size()) return false;
-  for (std::size_t i = 0; i < ip.size(); ++i) {
-    if ((ip[i] & r.mask[i]) != (r.addr[i] & r.mask[i])) return false;
-  }
-  return true;
-}
-
-std::string ip_text(const std::vector<unsigned char>& b) {
-  char out[INET6_ADDRSTRLEN] = {};
-  inet_ntop(b.size() == 4 ? AF_INET : AF_INET6, b.data(), out, sizeof out);
-  return out;
-}
-
 }  // namespace
-
-void set_random_serial(X509* cert) {
-  std::array<unsigned char, 16> b{};
-  do {
-    if (RAND_bytes(b.data(), static_cast<int>(b.size())) != 1) {
-      throw std::runtime_error("RAND_bytes: " + take_openssl_error());
-    }
-    b[0] &= 0x7F;  // DER INTEGER: positive without a padding octet
-  } while (std::all_of(b.begin(), b.end(), [](unsigned char c) { return c == 0; }));
-  BnPtr bn(BN_bin2bn(b.data(), static_cast<int>(b.size()), nullptr));
-  Asn1IntPtr serial(bn ? BN_to_ASN1_INTEGER(bn.get(), nullptr) : nullptr);
-  if (!serial || X509_set_serialNumber(cert, serial.get()) != 1) throw std::bad_alloc();
-}
-
-std::vector<unsigned char> key_identifier(EVP_PKEY* key) {
-  OsslPtr<X509_PUBKEY, X509_PUBKEY_free> pub(nullptr);
-  X509_PUBKEY* raw = nullptr;
-  if (X509_PUBKEY_set(&raw, key) != 1)
-    throw std::runtime_error("X509_PUBKEY_set: " + take_openssl_error());
-  pub.reset(raw);
-  const unsigned char* bits = nullptr;
-  int len = 0;
-  if (X509_PUBKEY_get0_param(nullptr, &bits, &len, nullptr, pub.get()) != 1) {
-    throw std::runtime_error("X509_PUBKEY_get0_param: " + take_openssl_error());
-  }
-  std::vector<unsigned char> md(EVP_MAX_MD_SIZE);
-  unsigned int md_len = 0;
-  if (EVP_Digest(bits, static_cast<std::size_t>(len), md.data(), &md_len, EVP_sha1(), nullptr) !=
-      1) {
-    throw std::runtime_error("SHA-1: " + take_openssl_error());
-  }
-  md.resize(md_len);
-  return md;
-}
-
-std::chrono::system_clock::time_point to_time_point(const ASN1_TIME* t) {
-  std::tm tm{};
-  if (!t || ASN1_TIME_to_tm(t, &tm) != 1) throw std::runtime_error("unreadable certificate time");
-  return std::chrono::system_clock::from_time_t(::timegm(&tm));
-}
-
-std::string pem_of(X509* cert) {
-  BioPtr bio(BIO_new(BIO_s_mem()));
-  if (!bio || PEM_write_bio_X509(bio.get(), cert) != 1) {
-    throw std::runtime_error("PEM_write_bio_X509: " + take_openssl_error());
-  }
-  char* data = nullptr;
-  const long n = BIO_get_mem_data(bio.get(), &data);
-  return std::string(data, static_cast<std::size_t>(n));
-}
-
-std::string take_openssl_error(std::string_view fallback) {
-  unsigned long last = 0;
-  while (unsigned long e = ERR_get_error())
-    last = e;
-  if (last == 0) return std::string(fallback);
-  char buf[256];
-  ERR_error_string_n(last, buf, sizeof buf);
-  return buf;
-}
 
 std::string resolve_state_dir(const InterceptSettings& s) {
   if (!s.state_dir.empty()) return s.state_dir;
@@ -633,156 +442,6 @@ std::string resolve_state_dir(const InterceptSettings& s) {
         "$XDG_STATE_HOME nor $HOME names a directory; set it");
   }
   return home + "/.local/state/upkeep";
-}
-
-bool NameConstraints::permits(const CertName& name) const {
-  if (!present) return true;
-  if (name.is_ip) {
-    const auto ip = ip_bytes(name.name);
-    if (!ip) return false;
-    const auto in = [&](const IpRange& r) { return ip_in_range(*ip, r); };
-    if (!permitted_ip.empty() && std::none_of(permitted_ip.begin(), permitted_ip.end(), in)) {
-      return false;
-    }
-    return std::none_of(excluded_ip.begin(), excluded_ip.end(), in);
-  }
-  const auto in = [&](const std::string& base) { return dns_in_subtree(name.name, base); };
-  if (!permitted_dns.empty() && std::none_of(permitted_dns.begin(), permitted_dns.end(), in)) {
-    return false;
-  }
-  return std::none_of(excluded_dns.begin(), excluded_dns.end(), in);
-}
-
-bool NameConstraints::permits_pattern(std::string_view pattern) const {
-  if (!present) return true;
-  if (pattern == "*") {
-    return permitted_dns.empty() && excluded_dns.empty() && permitted_ip.empty() &&
-           excluded_ip.empty();
-  }
-  if (pattern.size() > 2 && pattern.starts_with("*.")) {
-    const std::string_view d = pattern.substr(2);
-    const auto covers = [&](const std::string& b) { return covers_all_under(b, d); };
-    const auto meets = [&](const std::string& b) { return meets_some_under(b, d); };
-    if (!permitted_dns.empty() &&
-        std::none_of(permitted_dns.begin(), permitted_dns.end(), covers)) {
-      return false;
-    }
-    return std::none_of(excluded_dns.begin(), excluded_dns.end(), meets);
-  }
-  const auto name = normalize_host(pattern);
-  return name && permits(*name);
-}
-
-std::string NameConstraints::describe() const {
-  if (!present) return "no nameConstraints";
-  std::string out;
-  auto add = [&](const std::string& item) {
-    if (!out.empty()) out += ", ";
-    out += item;
-  };
-  auto ip = [](const IpRange& r) { return "IP:" + ip_text(r.addr) + "/" + ip_text(r.mask); };
-  for (const auto& d : permitted_dns)
-    add("DNS:" + d);
-  for (const auto& r : permitted_ip)
-    add(ip(r));
-  for (const auto& d : excluded_dns)
-    add("excluded DNS:" + d);
-  for (const auto& r : excluded_ip)
-    add("excluded " + ip(r));
-  return out.empty() ? "empty nameConstraints" : out;
-}
-
-NameConstraints NameConstraints::for_hosts(const std::vector<std::string>& hosts) {
-  NameConstraints nc;
-  if (std::find(hosts.begin(), hosts.end(), "*") != hosts.end()) return nc;
-  nc.present = true;
-  auto add = [](std::vector<std::string>& v, std::string s) {
-    if (std::find(v.begin(), v.end(), s) == v.end()) v.push_back(std::move(s));
-  };
-  bool any_ip = false;
-  for (const auto& p : hosts) {
-    if (p.starts_with("*.")) {
-      add(nc.permitted_dns, p.substr(1));
-      continue;
-    }
-    if (auto ip = canonical_ip(p)) {
-      auto bytes = ip_bytes(*ip);
-      nc.permitted_ip.push_back({*bytes, std::vector<unsigned char>(bytes->size(), 0xFF)});
-      any_ip = true;
-      continue;
-    }
-    add(nc.permitted_dns, p);
-    // "p" alone would permit every name under p too. Exclude those unless another
-    // pattern wants some of them (an exclusion applies to every permitted name).
-    const std::string under = dotted(p);
-    const bool wanted = std::any_of(hosts.begin(), hosts.end(), [&](const std::string& q) {
-      if (q == p || q == "*" || canonical_ip(q)) return false;
-      if (q.starts_with("*.")) {
-        const std::string d = dotted(q.substr(2));
-        return ends_with_ci(d, under) || ends_with_ci(under, d);
-      }
-      return ends_with_ci(q, under);
-    });
-    if (!wanted) add(nc.excluded_dns, under);
-  }
-  if (!any_ip) {
-    // With no iPAddress subtree at all, IP names would be unconstrained.
-    nc.excluded_ip.push_back({std::vector<unsigned char>(4, 0), std::vector<unsigned char>(4, 0)});
-    nc.excluded_ip.push_back(
-        {std::vector<unsigned char>(16, 0), std::vector<unsigned char>(16, 0)});
-  }
-  for (const auto& p : hosts) {
-    if (!nc.permits_pattern(p)) {
-      throw std::logic_error("nameConstraints for hosts do not permit " + p);
-    }
-  }
-  return nc;
-}
-
-NameConstraints NameConstraints::of(X509* cert, const std::string& key_name) {
-  NameConstraints nc;
-  int crit = 0;
-  NameConstraintsPtr ext(
-      static_cast<NAME_CONSTRAINTS*>(X509_get_ext_d2i(cert, NID_name_constraints, &crit, nullptr)));
-  if (!ext) {
-    if (crit == -1) return nc;  // absent
-    ERR_clear_error();
-    fail(key_name, "the CA's nameConstraints extension is unreadable or repeated");
-  }
-  nc.present = true;
-  auto walk = [&](Subtrees* subs, std::vector<std::string>& dns, std::vector<IpRange>& ips) {
-    for (int i = 0; i < sk_GENERAL_SUBTREE_num(subs); ++i) {
-      const GENERAL_SUBTREE* sub = sk_GENERAL_SUBTREE_value(subs, i);
-      // OpenSSL fails every verification under such a subtree (SUBTREE_MINMAX).
-      if (sub->maximum || (sub->minimum && ASN1_INTEGER_get(sub->minimum) != 0)) {
-        fail(key_name, "the CA's nameConstraints use minimum/maximum, which no verifier supports");
-      }
-      const GENERAL_NAME* base = sub->base;
-      if (base->type == GEN_DNS) {
-        const ASN1_STRING* s = base->d.dNSName;
-        dns.emplace_back(reinterpret_cast<const char*>(ASN1_STRING_get0_data(s)),
-                         static_cast<std::size_t>(ASN1_STRING_length(s)));
-      } else if (base->type == GEN_IPADD) {
-        const ASN1_STRING* s = base->d.iPAddress;
-        const auto* p = ASN1_STRING_get0_data(s);
-        const int n = ASN1_STRING_length(s);
-        if (n != 8 && n != 32)
-          fail(key_name, "the CA's nameConstraints hold a malformed iPAddress");
-        ips.push_back({std::vector<unsigned char>(p, p + n / 2),
-                       std::vector<unsigned char>(p + n / 2, p + n)});
-      } else if (base->type == GEN_DIRNAME) {
-        // The leaf subject (CN=host) would be checked against these; upkeep does not
-        // shape its subjects to fit.
-        fail(key_name,
-             "the CA's nameConstraints restrict directoryName, which upkeep's "
-             "leaf certificates cannot satisfy");
-      }
-      // email, URI, otherName: upkeep's leaves carry none of those names.
-    }
-  };
-  walk(ext->permittedSubtrees, nc.permitted_dns, nc.permitted_ip);
-  walk(ext->excludedSubtrees, nc.excluded_dns, nc.excluded_ip);
-  return nc;
 }
 
 std::optional<std::string> CertificateAuthority::find_cert(const InterceptSettings& s) {

@@ -10,95 +10,25 @@
 
 #include <openssl/evp.h>
 #include <openssl/x509.h>
-#include <openssl/x509v3.h>
 
 #include <chrono>
-#include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
-#include <string_view>
 #include <vector>
 
 #include "config.hpp"
 #include "intercept/host_name.hpp"
+#include "intercept/name_constraints.hpp"
+#include "intercept/ossl.hpp"
 
 namespace upkeep::intercept {
-
-// Owning OpenSSL pointers: every object this module makes is freed on every path,
-// exceptions included.
-template <auto Free>
-struct OsslDeleter {
-  template <class T>
-  void operator()(T* p) const noexcept {
-    Free(p);
-  }
-};
-template <class T, auto Free>
-using OsslPtr = std::unique_ptr<T, OsslDeleter<Free>>;
-using X509Ptr = OsslPtr<X509, X509_free>;
-using PkeyPtr = OsslPtr<EVP_PKEY, EVP_PKEY_free>;
-using X509ExtPtr = OsslPtr<X509_EXTENSION, X509_EXTENSION_free>;
-// clang-format reads STACK_OF(X509)* as a product; the alias keeps it a type.
-using X509Stack = STACK_OF(X509);
-inline void free_x509_stack(X509Stack* s) noexcept {
-  sk_X509_pop_free(s, X509_free);
-}
-using X509StackPtr = OsslPtr<X509Stack, free_x509_stack>;
-
-// Shared by the CA and the leaf mint.
-// A random positive serial of 127 bits (RAND_bytes, top bit cleared, never zero):
-// Firefox rejects a second certificate with the same issuer and serial.
-void set_random_serial(X509* cert);
-// RFC 5280 4.2.1.2 method 1: SHA-1 of the subjectPublicKey bits.
-std::vector<unsigned char> key_identifier(EVP_PKEY* key);
-std::chrono::system_clock::time_point to_time_point(const ASN1_TIME* t);
-std::string pem_of(X509* cert);
-// Drains OpenSSL's error queue (so a stale entry never blames a later call) and
-// returns its last reason, or `fallback` when it was empty.
-std::string take_openssl_error(std::string_view fallback = "unknown OpenSSL error");
 
 // SPEC.md: intercept.state_dir if set; else $STATE_DIRECTORY (its first entry when
 // systemd passes several, colon-separated); else /var/lib/upkeep when running as
 // root; else $XDG_STATE_HOME/upkeep (an absolute XDG_STATE_HOME only, as the XDG
 // spec says); else $HOME/.local/state/upkeep. Throws ConfigError when none applies.
 std::string resolve_state_dir(const InterceptSettings& s);
-
-// A CA's nameConstraints for the name types upkeep's leaves carry (dNSName,
-// iPAddress), evaluated exactly as OpenSSL's verifier does (crypto/x509/v3_ncons.c):
-// - a dNSName base "example.com" permits example.com and every name under it;
-//   ".example.com" permits only names under it; "" permits every name;
-// - an iPAddress base is address+mask, 8 or 16 octets, and never matches the other
-//   family;
-// - when a permitted subtree of a type exists, a name of that type must match one;
-//   no name may match an excluded subtree; a type with no subtrees is unconstrained.
-struct NameConstraints {
-  struct IpRange {
-    std::vector<unsigned char> addr;  // 4 or 16 octets
-    std::vector<unsigned char> mask;  // same length
-  };
-  bool present = false;  // the CA carries the extension at all
-  std::vector<std::string> permitted_dns, excluded_dns;
-  std::vector<IpRange> permitted_ip, excluded_ip;
-
-  bool permits(const CertName& name) const;
-  // Whether every name an intercept.hosts pattern ("*", "*.example.com", a host, an
-  // IP literal) can match (router.hpp host_matches) is permitted.
-  bool permits_pattern(std::string_view pattern) const;
-  // "DNS:example.com, DNS:.example.org, excluded IP:0.0.0.0/0", for messages.
-  std::string describe() const;
-
-  // The constraints a CA that upkeep creates for `hosts` carries; `present` is false
-  // when hosts contains "*". Exact hosts are permitted as "host" and, unless another
-  // pattern needs names under it, their subdomains are excluded (".host"): OpenSSL's
-  // "host" alone would also permit every name under it. "*.d" becomes ".d" (names
-  // under d only, as host_matches). Without an IP literal in hosts every IPv4 and
-  // IPv6 address is excluded, so a minted IP leaf cannot verify either.
-  static NameConstraints for_hosts(const std::vector<std::string>& hosts);
-  // Throws ConfigError(`key_name`: ...) for constraints upkeep's leaves cannot be
-  // checked against (directoryName, minimum/maximum); absent extension -> !present.
-  static NameConstraints of(X509* cert, const std::string& key_name);
-};
 
 // Immutable after load and shared by every worker thread; OpenSSL's signing with a
 // shared EVP_PKEY and reading a shared X509 are thread-safe.

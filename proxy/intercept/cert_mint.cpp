@@ -10,24 +10,10 @@
 namespace upkeep::intercept {
 namespace {
 
-using OctetPtr = OsslPtr<ASN1_OCTET_STRING, ASN1_OCTET_STRING_free>;
-using BitStringPtr = OsslPtr<ASN1_BIT_STRING, ASN1_BIT_STRING_free>;
-using BasicConstraintsPtr = OsslPtr<BASIC_CONSTRAINTS, BASIC_CONSTRAINTS_free>;
-using AkidPtr = OsslPtr<AUTHORITY_KEYID, AUTHORITY_KEYID_free>;
-using GeneralNamesPtr = OsslPtr<GENERAL_NAMES, GENERAL_NAMES_free>;
-using GeneralNamePtr = OsslPtr<GENERAL_NAME, GENERAL_NAME_free>;
-using EkuPtr = OsslPtr<EXTENDED_KEY_USAGE, EXTENDED_KEY_USAGE_free>;
-
 constexpr std::size_t kMaxCommonName = 64;  // X.520 ub-common-name
 
 [[noreturn]] void mint_failed(const std::string& what) {
   throw MintError(what + ": " + take_openssl_error());
-}
-
-OctetPtr octets(const unsigned char* p, std::size_t n) {
-  OctetPtr o(ASN1_OCTET_STRING_new());
-  if (!o || ASN1_OCTET_STRING_set(o.get(), p, static_cast<int>(n)) != 1) throw std::bad_alloc();
-  return o;
 }
 
 X509ExtPtr encode_ext(int nid, void* value, bool critical) {
@@ -52,7 +38,7 @@ GeneralNamesPtr subject_alt_name(const CertName& name) {
         throw MintError("not an IP address: " + name.name);
       }
     }
-    GENERAL_NAME_set0_value(gn.get(), GEN_IPADD, octets(b.data(), n).release());
+    GENERAL_NAME_set0_value(gn.get(), GEN_IPADD, octets({b.data(), n}).release());
   } else {
     ASN1_IA5STRING* s = ASN1_IA5STRING_new();
     if (!s || ASN1_STRING_set(s, name.name.data(), static_cast<int>(name.name.size())) != 1) {
@@ -167,13 +153,12 @@ LeafMinter::LeafMinter(std::shared_ptr<const CertificateAuthority> ca, Clock clo
   fixed_exts_.push_back(encode_ext(NID_ext_key_usage, eku.get(), false));
 
   const auto skid = key_identifier(key_.get());
-  fixed_exts_.push_back(
-      encode_ext(NID_subject_key_identifier, octets(skid.data(), skid.size()).get(), false));
+  fixed_exts_.push_back(encode_ext(NID_subject_key_identifier, octets(skid).get(), false));
 
   AkidPtr akid(AUTHORITY_KEYID_new());
   if (!akid) throw std::bad_alloc();
   const auto& ca_skid = ca_->subject_key_id();
-  akid->keyid = octets(ca_skid.data(), ca_skid.size()).release();
+  akid->keyid = octets(ca_skid).release();
   fixed_exts_.push_back(encode_ext(NID_authority_key_identifier, akid.get(), false));
 }
 

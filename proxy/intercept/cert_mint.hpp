@@ -16,6 +16,7 @@
 
 #include "intercept/ca_store.hpp"
 #include "intercept/host_name.hpp"
+#include "intercept/ossl.hpp"
 
 namespace upkeep::intercept {
 
@@ -96,7 +97,7 @@ class LeafMinter {
   // What the certificates carry: the public half of key_ (see the constructor).
   PkeyPtr cert_pubkey_;
   std::shared_ptr<X509Stack> chain_;
-  OsslPtr<X509_NAME, X509_NAME_free> issuer_;
+  X509NamePtr issuer_;
   // Extensions equal in every leaf, encoded once.
   std::vector<X509ExtPtr> fixed_exts_;
 };

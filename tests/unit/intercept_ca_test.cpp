@@ -29,6 +29,8 @@
 #include "intercept/cert_cache.hpp"
 #include "intercept/cert_mint.hpp"
 #include "intercept/host_name.hpp"
+#include "intercept/name_constraints.hpp"
+#include "intercept/ossl.hpp"
 
 using namespace upkeep;
 using namespace upkeep::intercept;
@@ -36,13 +38,6 @@ using namespace std::chrono_literals;
 using Clock = std::chrono::system_clock;
 
 namespace {
-
-using StorePtr = OsslPtr<X509_STORE, X509_STORE_free>;
-using StoreCtxPtr = OsslPtr<X509_STORE_CTX, X509_STORE_CTX_free>;
-using GeneralNamesPtr = OsslPtr<GENERAL_NAMES, GENERAL_NAMES_free>;
-using BasicConstraintsPtr = OsslPtr<BASIC_CONSTRAINTS, BASIC_CONSTRAINTS_free>;
-using NameConstraintsPtr = OsslPtr<NAME_CONSTRAINTS, NAME_CONSTRAINTS_free>;
-using BnPtr = OsslPtr<BIGNUM, BN_free>;
 
 // A directory of its own per test, removed afterwards.
 struct TempDir {
@@ -174,7 +169,7 @@ void write_file(const std::string& path, const std::string& data, mode_t mode) {
 }
 
 std::string key_pem(EVP_PKEY* key) {
-  OsslPtr<BIO, BIO_free_all> bio(BIO_new(BIO_s_mem()));
+  BioPtr bio(BIO_new(BIO_s_mem()));
   REQUIRE(PEM_write_bio_PrivateKey(bio.get(), key, nullptr, nullptr, 0, nullptr, nullptr) == 1);
   char* data = nullptr;
   const long n = BIO_get_mem_data(bio.get(), &data);
@@ -686,7 +681,7 @@ TEST_CASE("leaf certificates: the fields clients check") {
                                      ASN1_STRING_get0_data(akid) + ASN1_STRING_length(akid)) ==
           ca->subject_key_id());
     // keyid only: no issuer name and serial in the authority key id.
-    OsslPtr<AUTHORITY_KEYID, AUTHORITY_KEYID_free> akid_ext(static_cast<AUTHORITY_KEYID*>(
+    AkidPtr akid_ext(static_cast<AUTHORITY_KEYID*>(
         X509_get_ext_d2i(x, NID_authority_key_identifier, nullptr, nullptr)));
     REQUIRE(akid_ext);
     CHECK(akid_ext->issuer == nullptr);
@@ -1208,9 +1203,14 @@ TEST_CASE("`upkeep ca`: init, path, env, install") {
         q +
         "/ca-bundle.pem'\n"
         "export NODE_EXTRA_CA_CERTS=" +
-        q + "/ca.pem'\n";
+        q +
+        "/ca.pem'\n"
+        "export WGETRC=" +
+        q + "/wgetrc'\n";
     CHECK(env_out.str() == expected);
     CHECK(std::filesystem::exists(bundle));
+    CHECK(read_text(cfg.intercept.state_dir + "/wgetrc").find("ca_certificate = " + bundle) !=
+          std::string::npos);
     CHECK(err2.str().empty());
 
     // What the shell makes of it.

@@ -29,29 +29,16 @@ settings_delay_ms (every write, SETTINGS first, held back that long).
 Events (one JSON object a line on the binary's stdout) are kept in .events; the views
 below are built from them under a condition variable, so every wait is event-driven.
 """
-import json
-import os
-import subprocess
-import threading
-import time
-import unittest
 import urllib.parse
 
-from . import certs
-from .util import stop_process
+from .origin_process import OriginProcess, find_binary
 
 BIN_ENV = "UPKEEP_H2_ORIGIN_BIN"
 
 
 def binary():
     """The h2_origin path, or SkipTest naming the variable (ctest sets it)."""
-    path = os.environ.get(BIN_ENV)
-    if not path:
-        raise unittest.SkipTest("%s is not set: build the h2_origin target and run through ctest, "
-                                "or export %s=<build>/tests/h2_origin" % (BIN_ENV, BIN_ENV))
-    if not os.access(path, os.X_OK):
-        raise RuntimeError("%s=%s is not an executable file" % (BIN_ENV, path))
-    return path
+    return find_binary(BIN_ENV, "h2_origin")
 
 
 class H2Request:
@@ -84,33 +71,20 @@ class H2Request:
         return "<H2Request c%d s%d %s %s>" % (self.conn, self.stream, self.method, self.target)
 
 
-class H2Origin:
+class H2Origin(OriginProcess):
+    NAME = "h2_origin"
+    BIN_ENV = BIN_ENV
+
     def __init__(self, max_concurrent_streams=100, goaway_after=None, refuse_every=None,
                  no_ping_ack=False, initial_window_size=None, settings_delay_ms=None,
                  cert="default", start=True, timeout=10.0):
-        self.bin = binary()
-        pki = certs.get()
-        cert_file, key_file = ((pki.other_server_cert, pki.other_server_key) if cert == "other"
-                               else (pki.server_cert, pki.server_key))
-        self.args = [self.bin, "--cert", cert_file, "--key", key_file, "--port", "0",
-                     "--max-concurrent-streams", str(max_concurrent_streams)]
-        for flag, value in (("--goaway-after", goaway_after), ("--refuse-every", refuse_every),
-                            ("--initial-window-size", initial_window_size),
-                            ("--settings-delay-ms", settings_delay_ms)):
-            if value is not None:
-                self.args += [flag, str(value)]
-        if no_ping_ack:
-            self.args.append("--no-ping-ack")
-        self.port = None
-        self.proc = None
-        self.returncode = None
-        self.events = []
-        self._err = []
-        self._cond = threading.Condition()
-        self._threads = []
-        self._reset_state()
-        if start:
-            self.start(timeout)
+        super().__init__(
+            options=(("--max-concurrent-streams", str(max_concurrent_streams)),
+                     ("--goaway-after", goaway_after), ("--refuse-every", refuse_every),
+                     ("--initial-window-size", initial_window_size),
+                     ("--settings-delay-ms", settings_delay_ms)),
+            switches=["--no-ping-ack"] if no_ping_ack else [],
+            cert=cert, start=start, timeout=timeout)
 
     def _reset_state(self):
         self._conns = {}          # conn -> {"open": bool, "live": set(streams), "peak": int}
@@ -119,52 +93,17 @@ class H2Origin:
         self.connections_total = 0
         self.max_open_connections = 0
 
-    # -- life cycle -------------------------------------------------------------
-    def start(self, timeout=10.0):
-        self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE)
-        for target, stream in ((self._read_events, self.proc.stdout), (self._read_err, self.proc.stderr)):
-            t = threading.Thread(target=target, args=(stream,), daemon=True,
-                                 name="h2-origin-%s" % target.__name__)
-            t.start()
-            self._threads.append(t)
-        with self._cond:
-            ok = self._cond.wait_for(lambda: self.port is not None or self.proc.poll() is not None,
-                                     timeout)
-        if not ok or self.port is None:
-            self.stop(check=False)
-            raise RuntimeError("h2_origin did not report its port within %.0fs (exit %s): %s"
-                               % (timeout, self.returncode, self.stderr_text()))
-
-    def _read_events(self, stream):
-        for raw in iter(stream.readline, b""):
-            line = raw.decode(errors="replace").strip()
-            if not line:
-                continue
-            try:
-                ev = json.loads(line)
-            except ValueError:
-                ev = {"event": "unparsable", "line": line}
-            with self._cond:
-                self._apply(ev)
-                self._cond.notify_all()
-        with self._cond:
-            self._cond.notify_all()
-
-    def _read_err(self, stream):
-        for raw in iter(stream.readline, b""):
-            with self._cond:
-                self._err.append(raw.decode(errors="replace"))
+    @property
+    def events(self):
+        """Every event so far, in order (the list the reader thread appends to)."""
+        return self._events
 
     def _conn(self, cid):
         return self._conns.setdefault(cid, {"open": False, "live": set(), "peak": 0})
 
-    def _apply(self, ev):
-        self.events.append(ev)
+    def _on_event(self, ev):
         kind = ev.get("event")
-        if kind == "listening":
-            self.port = ev["port"]
-        elif kind == "conn_open":
+        if kind == "conn_open":
             c = self._conn(ev["conn"])
             c["open"] = True
             self.connections_total += 1
@@ -196,51 +135,11 @@ class H2Origin:
     def _open_unlocked(self):
         return sum(1 for c in self._conns.values() if c["open"])
 
-    def stop(self, check=True, timeout=10.0):
-        """SIGTERM and wait; with check, a non-zero exit (a crash, a sanitizer report) fails."""
-        if self.proc is None:
-            return self.returncode
-        self.returncode = stop_process(self.proc, self._threads, timeout)
-        self.proc = None
-        if check and self.returncode != 0:
-            raise AssertionError("h2_origin exited %s on SIGTERM; stderr:\n%s"
-                                 % (self.returncode, self.stderr_text()[-4000:]))
-        return self.returncode
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.stop(check=exc[0] is None)
-
-    def alive(self):
-        return self.proc is not None and self.proc.poll() is None
-
-    def stderr_text(self):
-        with self._cond:
-            return "".join(self._err)
-
     # -- what tests read ---------------------------------------------------------
-    def wait_for(self, predicate, timeout=10.0, message=None):
-        """Wait (woken by each event) until predicate() is truthy; it runs under the lock
-        and may read any view below. Returns its value; AssertionError on timeout."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                value = predicate()
-                if value:
-                    return value
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError("h2 origin: %s (not true within %.1fs; last value %r; "
-                                         "last events %s)" % (message or "condition", timeout, value,
-                                                              self.events[-5:]))
-                self._cond.wait(left)
-
     def events_of(self, kind, **match):
         """Events named `kind` whose fields equal every given keyword."""
         with self._cond:
-            return [e for e in self.events
+            return [e for e in self._events
                     if e.get("event") == kind and all(e.get(k) == v for k, v in match.items())]
 
     def wait_event(self, kind, timeout=10.0, count=1, **match):

@@ -72,120 +72,31 @@ Events (one JSON object a line; all but listening/exit carry "conn"):
                    reported once its FIN has been sent.
   exit             after SIGTERM, once every connection is reported closed
 """
-import json
-import os
-import subprocess
-import threading
-import time
-import unittest
-
-from . import certs
-from .util import stop_process
+from .origin_process import OriginProcess, find_binary
 
 BIN_ENV = "UPKEEP_TLS_ORIGIN_BIN"
 
 
 def binary():
     """The tls_origin path, or SkipTest naming the variable (ctest sets it)."""
-    path = os.environ.get(BIN_ENV)
-    if not path:
-        raise unittest.SkipTest("%s is not set: build the tls_origin target and run through "
-                                "ctest, or export %s=<build>/tests/tls_origin" % (BIN_ENV, BIN_ENV))
-    if not os.access(path, os.X_OK):
-        raise RuntimeError("%s=%s is not an executable file" % (BIN_ENV, path))
-    return path
+    return find_binary(BIN_ENV, "tls_origin")
 
 
-class TlsOrigin:
+class TlsOrigin(OriginProcess):
+    NAME = "tls_origin"
+    BIN_ENV = BIN_ENV
+    STAMP_EVENTS = True
+
     def __init__(self, tls_max=None, tls_min=None, tickets=None, ticket_delay_ms=None,
                  key_update_ms=None, close_notify_after=None, idle_close_ms=None,
                  cert="default", start=True, timeout=10.0):
-        self.bin = binary()
-        pki = certs.get()
-        cert_file, key_file = ((pki.other_server_cert, pki.other_server_key) if cert == "other"
-                               else (pki.server_cert, pki.server_key))
-        self.args = [self.bin, "--cert", cert_file, "--key", key_file, "--port", "0"]
-        for flag, value in (("--tls-max", tls_max), ("--tls-min", tls_min),
-                            ("--tickets", tickets), ("--ticket-delay-ms", ticket_delay_ms),
-                            ("--key-update-ms", key_update_ms),
-                            ("--close-notify-after", close_notify_after),
-                            ("--idle-close-ms", idle_close_ms)):
-            if value is not None:
-                self.args += [flag, str(value)]
-        self.port = None
-        self.proc = None
-        self.returncode = None
-        self._events = []
-        self._err = []
-        self._cond = threading.Condition()
-        self._threads = []
-        if start:
-            self.start(timeout)
-
-    # -- life cycle -------------------------------------------------------------
-    def start(self, timeout=10.0):
-        self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE)
-        for target, stream in ((self._read_events, self.proc.stdout),
-                               (self._read_err, self.proc.stderr)):
-            t = threading.Thread(target=target, args=(stream,), daemon=True,
-                                 name="tls-origin-%s" % target.__name__)
-            t.start()
-            self._threads.append(t)
-        with self._cond:
-            ok = self._cond.wait_for(lambda: self.port is not None or self.proc.poll() is not None,
-                                     timeout)
-        if not ok or self.port is None:
-            self.stop(check=False)
-            raise RuntimeError("tls_origin did not report its port within %.0fs (exit %s): %s"
-                               % (timeout, self.returncode, self.stderr_text()))
-
-    def _read_events(self, stream):
-        for raw in iter(stream.readline, b""):
-            line = raw.decode(errors="replace").strip()
-            if not line:
-                continue
-            try:
-                ev = json.loads(line)
-            except ValueError:
-                ev = {"event": "unparsable", "line": line}
-            ev["t"] = time.monotonic()  # when the wrapper read it
-            with self._cond:
-                self._events.append(ev)
-                if ev.get("event") == "listening":
-                    self.port = ev["port"]
-                self._cond.notify_all()
-        with self._cond:
-            self._cond.notify_all()
-
-    def _read_err(self, stream):
-        for raw in iter(stream.readline, b""):
-            with self._cond:
-                self._err.append(raw.decode(errors="replace"))
-
-    def stop(self, check=True, timeout=10.0):
-        """SIGTERM and wait; with check, a non-zero exit (a crash, a sanitizer report) fails."""
-        if self.proc is None:
-            return self.returncode
-        self.returncode = stop_process(self.proc, self._threads, timeout)
-        self.proc = None
-        if check and self.returncode != 0:
-            raise AssertionError("tls_origin exited %s on SIGTERM; stderr:\n%s"
-                                 % (self.returncode, self.stderr_text()[-4000:]))
-        return self.returncode
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.stop(check=exc[0] is None)
-
-    def alive(self):
-        return self.proc is not None and self.proc.poll() is None
-
-    def stderr_text(self):
-        with self._cond:
-            return "".join(self._err)
+        super().__init__(
+            options=(("--tls-max", tls_max), ("--tls-min", tls_min),
+                     ("--tickets", tickets), ("--ticket-delay-ms", ticket_delay_ms),
+                     ("--key-update-ms", key_update_ms),
+                     ("--close-notify-after", close_notify_after),
+                     ("--idle-close-ms", idle_close_ms)),
+            cert=cert, start=start, timeout=timeout)
 
     # -- what tests read ---------------------------------------------------------
     def _matching(self, name, predicate, match):
@@ -199,22 +110,6 @@ class TlsOrigin:
         None) whose fields equal every keyword, and that satisfy predicate(event)."""
         with self._cond:
             return self._matching(name, predicate, match)
-
-    def wait_for(self, predicate, timeout=10.0, message=None):
-        """Wait (woken by each event) until predicate() is truthy; it runs under the lock
-        and may call events(). Returns its value; AssertionError on timeout."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                value = predicate()
-                if value:
-                    return value
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError("tls origin: %s (not true within %.1fs; last value %r; "
-                                         "last events %s)" % (message or "condition", timeout,
-                                                              value, self._events[-5:]))
-                self._cond.wait(left)
 
     def wait_event(self, name, predicate=None, timeout=10.0, count=1, **match):
         """Until `count` events match (as in events()); returns the count-th one."""
