@@ -452,7 +452,9 @@ class InterceptTest(UpkeepTestCase):
         self.assertEqual(self.up.metric("upkeep_intercept_certs_minted_total"), 2000)
         print("\ncert cache: 2000 hosts, cache 100: RSS %d KiB after 200, %d KiB after 2000"
               % (rss_after_200, rss_end), flush=True)
-        self.assertLess(rss_end - rss_after_200, 8 * 1024, "RSS grew with hosts past the cache bound")
+        # ASan's quarantine keeps freed memory: the bound is checked on the real allocator.
+        if not os.environ.get("UPKEEP_SANITIZED"):
+            self.assertLess(rss_end - rss_after_200, 8 * 1024, "RSS grew with hosts past the cache bound")
 
     def test_concurrent_first_handshakes_share_one_mint(self):
         self.start()
