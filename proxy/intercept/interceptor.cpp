@@ -98,7 +98,6 @@ std::optional<metrics::TunnelReason> Interceptor::policy(std::string_view host) 
 SSL* Interceptor::new_ssl(const CertName& name) {
   std::shared_ptr<const Leaf> leaf;
   auto& reg = metrics::Registry::get();
-  const uint64_t minted_before = cache_->minted_total();
   try {
     leaf = cache_->get(name);
   } catch (const MintError& e) {
@@ -106,9 +105,14 @@ SSL* Interceptor::new_ssl(const CertName& name) {
     return nullptr;
   }
   if (!leaf) return nullptr;
-  if (const uint64_t minted = cache_->minted_total(); minted > minted_before) {
-    reg.intercept_minted.inc(minted - minted_before);
+  // The process counter follows the cache's: each mint is added once, by whichever
+  // thread first sees the cache's total pass what was reported (other threads mint
+  // between a thread's before and after, so per-call differences would count twice).
+  const uint64_t minted = cache_->minted_total();
+  uint64_t reported = minted_reported_.load();
+  while (reported < minted && !minted_reported_.compare_exchange_weak(reported, minted)) {
   }
+  if (reported < minted) reg.intercept_minted.inc(minted - reported);
   reg.intercept_cache_entries.set(static_cast<int64_t>(cache_->size()));
   SSL* ssl = SSL_new(ctx_);
   if (!ssl) return nullptr;

@@ -9,7 +9,9 @@
 
 #include <openssl/ssl.h>
 
+#include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -60,6 +62,7 @@ class Interceptor {
   std::shared_ptr<const CertificateAuthority> ca_;
   std::shared_ptr<CertCache> cache_;
   SSL_CTX* ctx_ = nullptr;
+  std::atomic<uint64_t> minted_reported_{0};  // of cache_->minted_total(), in the metric
   mutable std::mutex mu_;
   std::unordered_map<std::string, clock::time_point> fallback_until_;
   std::unordered_set<std::string> warned_;
