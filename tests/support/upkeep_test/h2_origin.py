@@ -90,8 +90,8 @@ class H2Origin(OriginProcess):
         self._conns = {}          # conn -> {"open": bool, "live": set(streams), "peak": int}
         self._requests = []
         self._by_stream = {}      # (conn, stream) -> H2Request
-        self.connections_total = 0
-        self.max_open_connections = 0
+        self._connections_total = 0
+        self._max_open_connections = 0
 
     @property
     def events(self):
@@ -106,8 +106,8 @@ class H2Origin(OriginProcess):
         if kind == "conn_open":
             c = self._conn(ev["conn"])
             c["open"] = True
-            self.connections_total += 1
-            self.max_open_connections = max(self.max_open_connections, self._open_unlocked())
+            self._connections_total += 1
+            self._max_open_connections = max(self._max_open_connections, self._open_unlocked())
         elif kind == "conn_close":
             c = self._conn(ev["conn"])
             c["open"] = False
@@ -135,9 +135,23 @@ class H2Origin(OriginProcess):
     def _open_unlocked(self):
         return sum(1 for c in self._conns.values() if c["open"])
 
-    # -- what tests read ---------------------------------------------------------
+    # -- what tests read (each settles first: see OriginProcess.settle) ----------
+    @property
+    def connections_total(self):
+        """Connections accepted (TCP)."""
+        self.settle()
+        with self._cond:
+            return self._connections_total
+
+    @property
+    def max_open_connections(self):
+        self.settle()
+        with self._cond:
+            return self._max_open_connections
+
     def events_of(self, kind, **match):
         """Events named `kind` whose fields equal every given keyword."""
+        self.settle()
         with self._cond:
             return [e for e in self._events
                     if e.get("event") == kind and all(e.get(k) == v for k, v in match.items())]
@@ -149,6 +163,7 @@ class H2Origin(OriginProcess):
 
     @property
     def open_connections(self):
+        self.settle()
         with self._cond:
             return self._open_unlocked()
 
@@ -159,6 +174,7 @@ class H2Origin(OriginProcess):
 
     @property
     def requests(self):
+        self.settle()
         with self._cond:
             return list(self._requests)
 
@@ -204,6 +220,7 @@ class H2Origin(OriginProcess):
 
     def max_open_streams(self):
         """Peak concurrently open streams on any one connection, open ones included."""
+        self.settle()
         with self._cond:
             return max([c["peak"] for c in self._conns.values()] or [0])
 

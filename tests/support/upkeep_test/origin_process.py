@@ -8,7 +8,15 @@ command-line options to __init__, and may override _reset_state() (called once, 
 the process starts) and _on_event(ev) (called under the lock for each event, after it
 was appended to _events and a "listening" event set .port). Every wait is woken by the
 events through one condition variable (_cond), which also guards _events and _err.
+
+The origins write an event before the bytes it describes leave (a connection's event at
+accept, a request's before its response), so once a test has its response, the event is
+in the pipe, but the reader thread may not have taken it yet: on a loaded machine it ran
+seven events behind a sequential client. settle() closes that gap: it waits until the
+pipe is empty and the reader is back in read(), so every view a test reads after a
+response it holds already includes that response's events.
 """
+import select
 import json
 import os
 import subprocess
@@ -54,6 +62,8 @@ class OriginProcess:
         self.returncode = None
         self._events = []
         self._err = []
+        self._local = threading.local()  # .in_wait: this thread runs a wait_for predicate
+        self._reader_idle = False  # blocked in os.read with every line before it applied
         self._cond = threading.Condition()
         self._threads = []
         self._reset_state()
@@ -86,24 +96,66 @@ class OriginProcess:
                                % (self.NAME, timeout, self.returncode, self.stderr_text()))
 
     def _read_events(self, stream):
-        for raw in iter(stream.readline, b""):
-            line = raw.decode(errors="replace").strip()
-            if not line:
-                continue
-            try:
-                ev = json.loads(line)
-            except ValueError:
-                ev = {"event": "unparsable", "line": line}
-            if self.STAMP_EVENTS:
-                ev["t"] = time.monotonic()  # when the wrapper read it
+        # Raw reads, not readline: a buffered reader could hold lines that select() on the
+        # descriptor no longer shows, and settle() relies on the descriptor alone.
+        fd = stream.fileno()
+        pending = b""
+        while True:
             with self._cond:
-                self._events.append(ev)
-                if ev.get("event") == "listening":
-                    self.port = ev["port"]
-                self._on_event(ev)
+                self._reader_idle = True
                 self._cond.notify_all()
+            chunk = os.read(fd, 65536)
+            with self._cond:
+                self._reader_idle = False
+            if not chunk:
+                break
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for raw in lines:
+                self._apply_line(raw)
+        if pending:
+            self._apply_line(pending)
         with self._cond:
+            self._reader_idle = True
             self._cond.notify_all()
+
+    def _apply_line(self, raw):
+        line = raw.decode(errors="replace").strip()
+        if not line:
+            return
+        try:
+            ev = json.loads(line)
+        except ValueError:
+            ev = {"event": "unparsable", "line": line}
+        if self.STAMP_EVENTS:
+            ev["t"] = time.monotonic()  # when the wrapper read it
+        with self._cond:
+            self._events.append(ev)
+            if ev.get("event") == "listening":
+                self.port = ev["port"]
+            self._on_event(ev)
+            self._cond.notify_all()
+
+    def settle(self, timeout=10.0):
+        """Until every event the origin has written so far is applied (see the module
+        text). Returns at once when the process is gone, or inside a wait_for predicate
+        (that wait already re-reads on every event); AssertionError on timeout."""
+        if getattr(self._local, "in_wait", False):
+            return
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self.proc is not None:
+                if self._reader_idle:
+                    readable, _, _ = select.select([self.proc.stdout.fileno()], [], [], 0)
+                    if not readable:
+                        return
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError("%s: events still unread after %.1fs"
+                                         % (self.NAME.replace("_", " "), timeout))
+                # No wake-up is lost: the reader takes the lock to leave idle, notifies
+                # for each event it applies and again when it is back in read().
+                self._cond.wait(left)
 
     def _read_err(self, stream):
         for raw in iter(stream.readline, b""):
@@ -142,7 +194,11 @@ class OriginProcess:
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
-                value = predicate()
+                self._local.in_wait = True
+                try:
+                    value = predicate()
+                finally:
+                    self._local.in_wait = False
                 if value:
                     return value
                 left = deadline - time.monotonic()

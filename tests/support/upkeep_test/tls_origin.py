@@ -108,6 +108,7 @@ class TlsOrigin(OriginProcess):
     def events(self, name=None, predicate=None, **match):
         """Events (dicts, plus "t": time.monotonic() when read) named `name` (all when
         None) whose fields equal every keyword, and that satisfy predicate(event)."""
+        self.settle()
         with self._cond:
             return self._matching(name, predicate, match)
 
@@ -127,6 +128,7 @@ class TlsOrigin(OriginProcess):
     @property
     def open_connections(self):
         """Accepted and not yet reported closed."""
+        self.settle()
         with self._cond:
             closed = {e["conn"] for e in self._matching("closed", None, {})}
             return sum(1 for e in self._matching("accepted", None, {}) if e["conn"] not in closed)
