@@ -445,6 +445,11 @@ bool apply_upstream_key(UpstreamSettings& u, const std::string& key, const Item&
     u.client_cert = get_string(it);
   } else if (key == "client_key") {
     u.client_key = get_string(it);
+  } else if (key == "proxy") {
+    u.proxy = get_string(it);
+    u.parent = it.guarded([&] { return parse_parent_proxy(u.proxy); });
+  } else if (key == "warm_connections") {
+    u.warm_connections = static_cast<uint32_t>(get_uint(it, 0, 1000000));
   } else {
     return false;
   }
@@ -692,10 +697,22 @@ void validate_impl(const Config& cfg, const ParseContext* ctx) {
            {prefix + ".client_key", prefix + ".client_cert", prefix});
     }
   };
+  // More warm connections than the bound allows could never all be open.
+  auto check_warm = [&](const UpstreamSettings& u, const std::string& prefix) {
+    if (u.warm_connections > u.max_connections) {
+      fail(prefix + ".warm_connections",
+           std::to_string(u.warm_connections) + " is more than " + prefix + ".max_connections (" +
+               std::to_string(u.max_connections) + ")",
+           {prefix + ".warm_connections", prefix + ".max_connections", "upstream.warm_connections",
+            prefix});
+    }
+  };
   check_tls_pair(cfg.upstream, "upstream");
+  check_warm(cfg.upstream, "upstream");
   for (size_t i = 0; i < cfg.routes.size(); ++i) {
     const std::string prefix = "routes[" + std::to_string(i) + "]";
     check_tls_pair(cfg.routes[i].upstream, prefix);
+    check_warm(cfg.routes[i].upstream, prefix);
     for (size_t j = 0; j < i; ++j) {
       if (cfg.routes[j].host_pattern == cfg.routes[i].host_pattern &&
           cfg.routes[j].port == cfg.routes[i].port) {
@@ -817,6 +834,9 @@ void emit_upstream(std::string& out, const UpstreamSettings& u, const UpstreamSe
   line(base && base->sni != u.sni, "sni", quote(u.sni));
   line(base && base->client_cert != u.client_cert, "client_cert", quote(u.client_cert));
   line(base && base->client_key != u.client_key, "client_key", quote(u.client_key));
+  line(base && base->proxy != u.proxy, "proxy", quote(u.proxy));
+  line(base && base->warm_connections != u.warm_connections, "warm_connections",
+       std::to_string(u.warm_connections));
 }
 
 }  // namespace
@@ -888,6 +908,107 @@ uint64_t parse_size(const std::string& text) {
     throw ConfigError("invalid size " + quote(text) + ": too large");
   }
   return *value * factor;
+}
+
+namespace {
+
+int hex_value(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+// RFC 3986 percent-decoding of a userinfo part; nullopt for a broken escape.
+std::optional<std::string> percent_decode(std::string_view in) {
+  std::string out;
+  for (size_t i = 0; i < in.size(); ++i) {
+    if (in[i] != '%') {
+      out += in[i];
+      continue;
+    }
+    if (i + 2 >= in.size()) return std::nullopt;
+    const int hi = hex_value(in[i + 1]), lo = hex_value(in[i + 2]);
+    if (hi < 0 || lo < 0) return std::nullopt;
+    out += static_cast<char>(hi * 16 + lo);
+    i += 2;
+  }
+  return out;
+}
+
+std::string base64(std::string_view in) {
+  static constexpr char kAlphabet[] =
+      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  size_t i = 0;
+  for (; i + 2 < in.size(); i += 3) {
+    const unsigned v = (static_cast<unsigned char>(in[i]) << 16) |
+                       (static_cast<unsigned char>(in[i + 1]) << 8) |
+                       static_cast<unsigned char>(in[i + 2]);
+    for (int shift : {18, 12, 6, 0})
+      out += kAlphabet[(v >> shift) & 63];
+  }
+  if (i + 1 == in.size()) {
+    const unsigned v = static_cast<unsigned char>(in[i]) << 16;
+    out += kAlphabet[(v >> 18) & 63];
+    out += kAlphabet[(v >> 12) & 63];
+    out += "==";
+  } else if (i + 2 == in.size()) {
+    const unsigned v =
+        (static_cast<unsigned char>(in[i]) << 16) | (static_cast<unsigned char>(in[i + 1]) << 8);
+    out += kAlphabet[(v >> 18) & 63];
+    out += kAlphabet[(v >> 12) & 63];
+    out += kAlphabet[(v >> 6) & 63];
+    out += '=';
+  }
+  return out;
+}
+
+}  // namespace
+
+std::optional<ParentProxy> parse_parent_proxy(const std::string& text) {
+  if (text.empty()) return std::nullopt;
+  auto bad = [&](const std::string& why) -> void {
+    throw ConfigError("invalid parent proxy " + quote(text) + ": " + why +
+                      " (expected http://[user:password@]host:port)");
+  };
+  constexpr std::string_view kScheme = "http://";
+  std::string_view rest = text;
+  if (rest.size() < kScheme.size() ||
+      !std::equal(kScheme.begin(), kScheme.end(), rest.begin(), [](char a, char b) {
+        return a == std::tolower(static_cast<unsigned char>(b));
+      })) {
+    bad(rest.find("://") != std::string_view::npos ? "only http:// parent proxies are supported"
+                                                   : "missing http://");
+  }
+  rest.remove_prefix(kScheme.size());
+  if (!rest.empty() && rest.back() == '/') rest.remove_suffix(1);
+  if (rest.find('/') != std::string_view::npos || rest.find('?') != std::string_view::npos)
+    bad("a parent proxy URL has no path");
+  ParentProxy p;
+  if (auto at = rest.rfind('@'); at != std::string_view::npos) {
+    const std::string_view userinfo = rest.substr(0, at);
+    rest.remove_prefix(at + 1);
+    auto decoded = percent_decode(userinfo.substr(0, userinfo.find(':')));
+    std::optional<std::string> password = std::string();
+    if (auto colon = userinfo.find(':'); colon != std::string_view::npos)
+      password = percent_decode(userinfo.substr(colon + 1));
+    if (!decoded || !password) bad("broken %-escape in the credentials");
+    if (decoded->empty()) bad("empty user name before '@'");
+    if (decoded->find(':') != std::string::npos) bad("a user name cannot hold ':'");
+    for (char c : *decoded + *password) {
+      if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f)
+        bad("control character in the credentials");
+    }
+    p.authorization = "Basic " + base64(*decoded + ":" + *password);
+  }
+  if (rest.empty()) bad("missing host");
+  const size_t host_end = rest.front() == '[' ? rest.find(']') : 0;
+  const bool has_port =
+      host_end != std::string_view::npos && rest.find(':', host_end) != std::string_view::npos;
+  p.address = parse_host_port(has_port ? std::string(rest) : std::string(rest) + ":80");
+  if (p.address.port == 0) bad("port must be 1-65535");
+  return p;
 }
 
 HostPort parse_host_port(const std::string& text) {
@@ -979,6 +1100,8 @@ upstream:
   sni: ""
   client_cert: ""
   client_key: ""
+  proxy: ""
+  warm_connections: 0
 routes: []
 access:
   allow: ["*"]

@@ -23,6 +23,13 @@ struct HostPort {
   bool operator==(const HostPort&) const = default;
 };
 
+// upstream.proxy: a parent proxy reached with CONNECT ("http://[user:pass@]host:port").
+struct ParentProxy {
+  HostPort address;
+  std::string authorization;  // "Basic <base64(user:pass)>", or "" without credentials
+  bool operator==(const ParentProxy&) const = default;
+};
+
 struct QueueSettings {
   uint32_t max_pending = 1024;
   Duration timeout = std::chrono::seconds(10);
@@ -60,6 +67,9 @@ struct UpstreamSettings {
   std::string sni;  // "" = origin host
   std::string client_cert;
   std::string client_key;
+  std::string proxy;                  // as written; "" = direct
+  std::optional<ParentProxy> parent;  // parsed from proxy
+  uint32_t warm_connections = 0;      // kept open and ready (exact-host routes only)
   bool operator==(const UpstreamSettings&) const = default;
 };
 
@@ -98,8 +108,8 @@ struct InterceptSettings {
   std::vector<std::string> skip;        // always tunnelled blindly, lower-cased
   std::string ca_cert;                  // "" = upkeep's own CA in state_dir
   std::string ca_key;
-  std::string state_dir;  // as written; "" = resolved at use (resolve_state_dir)
-  uint32_t cert_cache = 1000;                        // >= 1
+  std::string state_dir;       // as written; "" = resolved at use (resolve_state_dir)
+  uint32_t cert_cache = 1000;  // >= 1
   Duration fallback_ttl = std::chrono::minutes(10);  // 0 = never fall back
   bool operator==(const InterceptSettings&) const = default;
 };
@@ -172,6 +182,9 @@ std::string to_yaml(const Config& cfg);
 Duration parse_duration(const std::string& text);   // "500ms", "10s", "1m", "2h", "0"
 uint64_t parse_size(const std::string& text);       // "1024", "64KiB", "1MiB", "1GiB"
 HostPort parse_host_port(const std::string& text);  // "127.0.0.1:3128", "[::1]:80"
-bool is_loopback_host(const std::string& host);     // 127.0.0.0/8, ::1, "localhost"
+// "http://[user:pass@]host[:port]" (port 80 when absent; user and password may be
+// percent-encoded); "" = nullopt.
+std::optional<ParentProxy> parse_parent_proxy(const std::string& text);
+bool is_loopback_host(const std::string& host);  // 127.0.0.0/8, ::1, "localhost"
 
 }  // namespace upkeep

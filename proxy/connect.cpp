@@ -144,9 +144,11 @@ asio::awaitable<bool> ClientSession::connect(RequestParser& parser, const Snapsh
   // Bytes the client sent before our 200 cannot be peeked; such a client is relayed.
   if (!reason && buffer_.size() > 0) reason = TunnelReason::not_tls;
   if (!reason) co_return co_await intercept(target, snap, e);
-  if (auto terr = co_await run_tunnel(stream_, buffer_, target, snap, e, *reason);
+  std::string detail;
+  if (auto terr = co_await run_tunnel(stream_, buffer_, target, snap, e, *reason, detail);
       terr != errc::ok) {
-    co_await send_error(terr, version, true, e);
+    co_await send_error(terr, version, true, e,
+                        terr == errc::parent_proxy_failed ? std::string_view(detail) : "");
     co_return false;
   }
   write_access_log(e);
@@ -166,7 +168,8 @@ asio::awaitable<bool> ClientSession::intercept(const HostPort& target, const Sna
 
   auto tunnel = [&](TunnelReason why) -> asio::awaitable<bool> {
     // The client has its 200: a failed connect can only close the connection.
-    co_await run_tunnel(stream_, buffer_, target, snap, e, why, true);
+    std::string detail;
+    co_await run_tunnel(stream_, buffer_, target, snap, e, why, detail, true);
     write_access_log(e);
     co_return false;
   };

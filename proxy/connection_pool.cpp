@@ -23,6 +23,7 @@ pool::Limits pool_limits(const UpstreamSettings& s) {
   l.idle_timeout = s.idle_timeout;
   l.max_age = s.max_connection_age;
   l.max_requests = s.max_requests_per_connection;
+  l.warm = s.warm_connections;
   return l;
 }
 
@@ -131,7 +132,7 @@ void ConnectionPool::run(pool::Actions& actions) {
             m_.streams.add(1);
             if (auto& h2 = it->second.h2) {
               ++h2->exchanges;
-              complete(a.waiter, Lease{errc::ok, nullptr, h2, a.reused, {}});
+              complete(a.waiter, Lease{errc::ok, nullptr, h2, a.reused, {}, {}});
               return;
             }
             auto& conn = it->second.h1;
@@ -140,7 +141,7 @@ void ConnectionPool::run(pool::Actions& actions) {
             error_code ignored;
             conn->stream().socket().cancel(ignored);
             ++conn->exchanges;
-            complete(a.waiter, Lease{errc::ok, conn, nullptr, a.reused, {}});
+            complete(a.waiter, Lease{errc::ok, conn, nullptr, a.reused, {}, {}});
           } else if constexpr (std::is_same_v<T, pool::Fail>) {
             errc e = errc::internal;
             switch (a.reason) {
@@ -157,7 +158,11 @@ void ConnectionPool::run(pool::Actions& actions) {
                 e = errc::shutting_down;
                 break;
             }
-            complete(a.waiter, Lease{e, nullptr, nullptr, false, {}});
+            Lease failed{e, nullptr, nullptr, false, {}, {}};
+            // The parent's answer tells the user what to fix; an OS error text
+            // about upkeep's own sockets would not, and stays in the log.
+            if (e == errc::parent_proxy_failed) failed.detail = last_connect_detail_;
+            complete(a.waiter, std::move(failed));
           } else if constexpr (std::is_same_v<T, pool::Close>) {
             close_conn(a.conn, a.reason, a.requests);
           } else if constexpr (std::is_same_v<T, pool::WatchIdle>) {
@@ -187,8 +192,9 @@ void ConnectionPool::start_connect(pool::ConnId id) {
   asio::co_spawn(
       strand_,
       [self = shared_from_this(), id]() -> asio::awaitable<void> {
-        auto outcome = co_await connect_upstream(self->strand_, self->origin_, self->settings_,
-                                                 self->router_, g_next_conn_id.fetch_add(1));
+        auto outcome =
+            co_await connect_upstream(self->strand_, self->origin_, self->settings_, self->router_,
+                                      self->sessions_, g_next_conn_id.fetch_add(1));
         self->on_connected(id, std::move(outcome));
       },
       asio::detached);
@@ -197,8 +203,10 @@ void ConnectionPool::start_connect(pool::ConnId id) {
 void ConnectionPool::on_connected(pool::ConnId id, ConnectOutcome outcome) {
   pool::Actions actions;
   auto now = std::chrono::steady_clock::now();
+  if (outcome.resumed) m_.tls_resumed.inc();
   if (outcome.error != errc::ok) {
     last_connect_error_ = outcome.error;
+    last_connect_detail_ = outcome.detail;
     m_.connect_errors.inc();
     log::warn("upstream connect failed", {{"origin", origin_.label()},
                                           {"error", std::string(reason_token(outcome.error))},
@@ -374,11 +382,25 @@ void ConnectionPool::arm_timer() {
   });
 }
 
+void ConnectionPool::keep_warm() {
+  asio::dispatch(strand_, [self = shared_from_this()]() {
+    pool::Actions actions;
+    self->core_.expire(std::chrono::steady_clock::now(), actions);
+    self->run(actions);
+  });
+}
+
 std::shared_ptr<ConnectionPool> PoolRegistry::get(const Origin& origin,
                                                   const UpstreamSettings& settings,
                                                   const std::shared_ptr<const Router>& router,
                                                   std::string_view target, std::string_view host) {
   std::lock_guard lock(mu_);
+  return get_locked(origin, settings, router, target, host);
+}
+
+std::shared_ptr<ConnectionPool> PoolRegistry::get_locked(
+    const Origin& origin, const UpstreamSettings& settings,
+    const std::shared_ptr<const Router>& router, std::string_view target, std::string_view host) {
   auto& slot = pools_[origin];
   if (!slot.pool) {
     slot.pool = std::make_shared<ConnectionPool>(ioc_, threads_, origin, settings, router);
@@ -396,7 +418,14 @@ std::shared_ptr<ConnectionPool> PoolRegistry::get(const Origin& origin,
 }
 
 void PoolRegistry::reconfigure(const std::shared_ptr<const Router>& router) {
-  std::lock_guard lock(mu_);
+  {
+    std::lock_guard lock(mu_);
+    reconfigure_locked(router);
+  }
+  warm(router);
+}
+
+void PoolRegistry::reconfigure_locked(const std::shared_ptr<const Router>& router) {
   for (auto it = pools_.begin(); it != pools_.end();) {
     auto& entry = it->second;
     auto routed = router->route(entry.probe.target, entry.probe.host);
@@ -407,10 +436,43 @@ void PoolRegistry::reconfigure(const std::shared_ptr<const Router>& router) {
       continue;
     }
     if (!(*d->settings == entry.settings)) {
+      // A different parent proxy reaches the origin differently: the connections
+      // through the old one go, like those of a changed route.
+      if (d->settings->parent != entry.settings.parent) {
+        entry.pool->retire();
+        it = pools_.erase(it);
+        continue;
+      }
       entry.settings = *d->settings;
       entry.pool->update(entry.settings, router);
     }
     ++it;
+  }
+}
+
+void PoolRegistry::warm(const std::shared_ptr<const Router>& router) {
+  std::lock_guard lock(mu_);
+  for (const auto& route : router->config().routes) {
+    if (route.upstream.warm_connections == 0) continue;
+    if (route.host_pattern.find('*') != std::string::npos) {
+      log::warn("warm_connections ignored: the route's host is a pattern, not one origin",
+                {{"host", route.host_pattern}});
+      continue;
+    }
+    // The pool a plain http:// request to this host would use: port_map and tls
+    // apply as they do for clients (port 80 becomes the origin's 443 by default).
+    const bool v6 = route.host_pattern.find(':') != std::string::npos;
+    const std::string host = v6 ? "[" + route.host_pattern + "]" : route.host_pattern;
+    const std::string authority = route.port ? host + ":" + std::to_string(*route.port) : host;
+    const std::string target = "http://" + authority + "/";
+    auto routed = router->route(target, authority);
+    const auto* d = std::get_if<RouteDecision>(&routed);
+    if (!d) {
+      log::warn("warm_connections ignored: the route's host is not allowed",
+                {{"host", route.host_pattern}});
+      continue;
+    }
+    get_locked(d->origin, *d->settings, router, target, authority)->keep_warm();
   }
 }
 

@@ -37,6 +37,7 @@ struct Lease {
   std::shared_ptr<H2Conn> h2;
   bool reused = false;
   std::chrono::steady_clock::duration waited{};
+  std::string detail;  // with a connect error, what the client's error body adds
 };
 
 pool::Limits pool_limits(const UpstreamSettings& s);
@@ -81,6 +82,9 @@ class ConnectionPool : public std::enable_shared_from_this<ConnectionPool> {
   void retire();
   // Reload: same origin, new limits/timeouts for later decisions; warm connections stay.
   void update(const UpstreamSettings& settings, std::shared_ptr<const Router> router);
+  // Opens the warm connections the limits ask for (a new pool has no event yet
+  // that would).
+  void keep_warm();
   const Origin& origin() const noexcept { return origin_; }
   metrics::OriginMetrics& metrics() noexcept { return m_; }
 
@@ -124,6 +128,8 @@ class ConnectionPool : public std::enable_shared_from_this<ConnectionPool> {
   std::unordered_map<pool::ConnId, Pooled> conns_;
   std::unordered_map<pool::WaiterId, Waiter> waiters_;
   errc last_connect_error_ = errc::connect_failed;
+  std::string last_connect_detail_;  // shown to clients for parent_proxy_failed
+  std::shared_ptr<TlsSessions> sessions_ = std::make_shared<TlsSessions>();
   std::optional<std::chrono::steady_clock::time_point> timer_at_;
 };
 
@@ -141,9 +147,13 @@ class PoolRegistry {
   std::shared_ptr<ConnectionPool> get(const Origin& origin, const UpstreamSettings& settings,
                                       const std::shared_ptr<const Router>& router,
                                       std::string_view target, std::string_view host);
-  // After a reload: pools whose origin now routes differently retire; pools whose
-  // settings changed take the new ones; the rest keep their warm connections.
+  // After a reload: pools whose origin now routes differently (or through another
+  // parent proxy) retire; pools whose settings changed take the new ones; the rest
+  // keep their connections. Then warm() for the new routes.
   void reconfigure(const std::shared_ptr<const Router>& router);
+  // Creates the pool of every exact-host route with warm_connections, so its
+  // connections open now rather than at the first request (start and reload).
+  void warm(const std::shared_ptr<const Router>& router);
   void shutdown_all();
 
  private:
@@ -152,6 +162,11 @@ class PoolRegistry {
     RouteProbe probe;
     UpstreamSettings settings;
   };
+  std::shared_ptr<ConnectionPool> get_locked(const Origin& origin, const UpstreamSettings& settings,
+                                             const std::shared_ptr<const Router>& router,
+                                             std::string_view target, std::string_view host);
+  void reconfigure_locked(const std::shared_ptr<const Router>& router);
+
   asio::io_context& ioc_;
   unsigned threads_;  // event-loop threads, for ConnectionPool
   std::mutex mu_;

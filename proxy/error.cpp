@@ -51,6 +51,8 @@ info describe(errc e) noexcept {
       return {502, "connect_timeout", "upstream connect timed out", s::origin};
     case errc::tls_failed:
       return {502, "tls_failed", "upstream TLS handshake failed", s::origin};
+    case errc::parent_proxy_failed:
+      return {502, "parent_proxy_failed", "parent proxy failed", s::origin};
     case errc::upstream_closed:
       return {502, "upstream_closed", "upstream closed the connection", s::origin};
     case errc::upstream_protocol:

@@ -26,13 +26,14 @@ enum class errc {
   queue_full,     // -> 503 + Retry-After
   queue_timeout,  // -> 504
   // origin side
-  dns_failed,         // -> 502
-  connect_failed,     // -> 502
-  connect_timeout,    // -> 502
-  tls_failed,         // -> 502
-  upstream_closed,    // the origin closed before a complete response -> 502
-  upstream_protocol,  // the origin sent something we cannot parse -> 502
-  response_timeout,   // -> 504
+  dns_failed,           // -> 502
+  connect_failed,       // -> 502
+  connect_timeout,      // -> 502
+  tls_failed,           // -> 502
+  parent_proxy_failed,  // upstream.proxy refused the CONNECT or could not be reached -> 502
+  upstream_closed,      // the origin closed before a complete response -> 502
+  upstream_protocol,    // the origin sent something we cannot parse -> 502
+  response_timeout,     // -> 504
   // internal
   shutting_down,  // -> 503
   internal,       // -> 500

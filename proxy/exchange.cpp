@@ -80,7 +80,7 @@ asio::awaitable<bool> ClientSession::exchange(RequestParser& parser, const Snaps
     Lease lease = co_await pool->async_acquire(fresh_only, asio::use_awaitable);
     e.queue_wait += lease.waited;
     if (lease.error != errc::ok) {
-      co_await send_error(lease.error, version, has_body, e);
+      co_await send_error(lease.error, version, has_body, e, lease.detail);
       co_return !has_body && client_keep_alive;
     }
     if (lease.h2) {

@@ -196,6 +196,11 @@ std::string Registry::render_prometheus() const {
                line(out, "upkeep_upstream_connections_active", l,
                     static_cast<uint64_t>(std::max<int64_t>(0, m.active.value())));
              });
+  per_origin("upkeep_upstream_tls_resumed_total", "counter",
+             "Upstream TLS handshakes that resumed an earlier connection's session.",
+             [&](const std::string& l, const OriginMetrics& m) {
+               line(out, "upkeep_upstream_tls_resumed_total", l, m.tls_resumed.value());
+             });
   per_origin("upkeep_upstream_connect_errors_total", "counter",
              "Failed upstream connection attempts.",
              [&](const std::string& l, const OriginMetrics& m) {
@@ -266,6 +271,7 @@ std::string Registry::render_json(bool ready) const {
     num("pending_requests", g(m->pending));
     num("connections_opened_total", m->opened.value());
     num("connect_errors_total", m->connect_errors.value());
+    num("tls_resumed_total", m->tls_resumed.value());
     num("requests_h1_total", m->requests_h1.value());
     num("requests_h2_total", m->requests_h2.value());
     num("requests_reused_total", m->reused.value());

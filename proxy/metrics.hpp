@@ -85,6 +85,7 @@ struct OriginMetrics {
   // An idle TLS connection turned readable with only post-handshake messages
   // (session tickets, KeyUpdate): processed, and the connection stays.
   Counter idle_tls_messages;
+  Counter tls_resumed;  // handshakes that resumed an earlier connection's session
 };
 
 // Labels for OriginMetrics::idle_evictions, in index order.

@@ -188,7 +188,7 @@ std::optional<PoolCore::ConnIt> PoolCore::find_grantable(TimePoint now, bool fre
   }
   for (auto it = idle_.begin(); it != idle_.end();) {
     const auto next = std::next(it);
-    if (now >= it->idle_deadline) {
+    if (idle_expired(*it, now)) {
       close_conn(it, CloseReason::idle_timeout, out);
     } else if (past_age(*it, now)) {
       close_conn(it, CloseReason::max_age, out);
@@ -198,6 +198,25 @@ std::optional<PoolCore::ConnIt> PoolCore::find_grantable(TimePoint now, bool fre
     it = next;
   }
   return std::nullopt;
+}
+
+std::size_t PoolCore::warm_target() const noexcept {
+  return std::min(limits_.warm, limits_.max_connections);
+}
+
+// Past its idle deadline, and not one of the warm connections: those stay idle as
+// long as they are needed to keep warm_target() open.
+bool PoolCore::idle_expired(const Conn& c, TimePoint now) const noexcept {
+  return now >= c.idle_deadline && total() > warm_target();
+}
+
+void PoolCore::warm_setback(TimePoint now) {
+  if (warm_target() == 0) return;
+  warm_backoff_ = warm_backoff_ == Duration::zero()
+                      ? kWarmBackoffMin
+                      : std::min<Duration>(warm_backoff_ * 2, kWarmBackoffMax);
+  warm_paused_ = true;
+  warm_retry_at_ = now + warm_backoff_;
 }
 
 // Opens connections for waiters no connecting one will serve, up to the bound. A
@@ -216,6 +235,8 @@ void PoolCore::pump(Actions& out) {
       break;
     }
   }
+  while (!warm_paused_ && total() < warm_target())
+    start_connect(out);
 }
 
 // --- events -----------------------------------------------------------------------
@@ -272,6 +293,7 @@ void PoolCore::connected(ConnId conn, std::size_t capacity, TimePoint now, Actio
   ConnIt it = *found;
   it->capacity = capacity;
   it->connected_at = now;
+  warm_backoff_ = Duration::zero();
   // Draining here means drain() or shutdown() came while it was connecting.
   if (!it->draining && total() > limits_.max_connections) {
     it->draining = true;
@@ -289,11 +311,11 @@ void PoolCore::connected(ConnId conn, std::size_t capacity, TimePoint now, Actio
 }
 
 void PoolCore::connect_failed(ConnId conn, TimePoint now, Actions& out) {
-  (void)now;
   auto found = find_conn(conn);
   if (!found || (*found)->where != State::connecting) return;
   index_.erase(conn);
   connecting_.erase(*found);
+  warm_setback(now);
   while (pending() > connecting_.size()) {
     Queue* q = oldest_queue();
     out.push_back(Fail{q->q.front().id, FailReason::connect_failed});
@@ -331,10 +353,13 @@ void PoolCore::release(ConnId conn, bool reusable, TimePoint now, Actions& out,
 
 void PoolCore::closed(ConnId conn, CloseReason reason, TimePoint now, Actions& out) {
   (void)reason;  // the owner counts it; the pool only needs the slot back
-  (void)now;
   auto found = find_conn(conn);
   if (!found) return;
   ConnIt it = *found;
+  // A server that closes new connections before any use would otherwise have its
+  // warm connections re-opened in a loop.
+  if (it->grants == 0 && it->where != State::connecting && now - it->connected_at < kWarmBackoffMin)
+    warm_setback(now);
   active_ -= it->active;
   index_.erase(conn);
   list_of(it->where).erase(it);
@@ -376,13 +401,16 @@ void PoolCore::expire(TimePoint now, Actions& out) {
   }
   for (auto it = idle_.begin(); it != idle_.end();) {
     const auto next = std::next(it);
-    if (now >= it->idle_deadline) {
+    if (idle_expired(*it, now)) {
       close_conn(it, CloseReason::idle_timeout, out);
     } else if (past_age(*it, now)) {
       close_conn(it, CloseReason::max_age, out);
+    } else if (now >= it->idle_deadline) {
+      it->idle_deadline = now + limits_.idle_timeout;  // kept warm: look again later
     }
     it = next;
   }
+  if (warm_paused_ && now >= warm_retry_at_) warm_paused_ = false;
   // max_connections was lowered: idle ones go first, least recently used first.
   while (total() > limits_.max_connections && !idle_.empty()) {
     close_conn(std::prev(idle_.end()), CloseReason::shutdown, out);
@@ -396,12 +424,14 @@ std::optional<TimePoint> PoolCore::next_deadline() const {
     return TimePoint{};
   }
   if (total() > limits_.max_connections && !idle_.empty()) return TimePoint{};
+  if (!shutting_down_ && !warm_paused_ && total() < warm_target()) return TimePoint{};
 
   std::optional<TimePoint> best;
   auto consider = [&best](TimePoint t) {
     if (!best || t < *best) best = t;
   };
   if (const Queue* q = oldest_queue()) consider(q->q.front().deadline);
+  if (warm_paused_ && !shutting_down_) consider(warm_retry_at_);
   // O(idle) <= max_connections; idle deadlines differ by Keep-Alive hint, so no order.
   for (const Conn& c : idle_) {
     consider(c.idle_deadline);

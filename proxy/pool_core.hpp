@@ -59,7 +59,14 @@ struct Limits {
   Duration idle_timeout = std::chrono::seconds(60);
   Duration max_age{0};        // 0 = unlimited
   uint64_t max_requests = 0;  // grants per connection; 0 = unlimited
+  // Connections kept open (connecting included) with or without waiters, at most
+  // max_connections: re-opened when they close, exempt from idle_timeout.
+  std::size_t warm = 0;
 };
+
+// Warm top-ups after a failure wait this long, doubling up to the max.
+inline constexpr Duration kWarmBackoffMin = std::chrono::seconds(1);
+inline constexpr Duration kWarmBackoffMax = std::chrono::seconds(30);
 
 enum class CloseReason {
   server_closed,
@@ -212,6 +219,9 @@ class PoolCore {
   Queue* oldest_queue() noexcept;
   const Queue* oldest_queue() const noexcept;
   std::optional<ConnIt> find_conn(ConnId id);
+  std::size_t warm_target() const noexcept;
+  bool idle_expired(const Conn& c, TimePoint now) const noexcept;
+  void warm_setback(TimePoint now);
 
   Limits limits_;
   ConnList connecting_, idle_, ready_, busy_, draining_;  // idle_: front = most recently used
@@ -224,6 +234,12 @@ class PoolCore {
   TimePoint last_enqueued_{};  // clamps so deadlines never decrease along the queues
   TimePoint last_deadline_{};
   bool shutting_down_ = false;
+  // After a failed or at once closed warm connection, top-ups wait until
+  // warm_retry_at_ (backing off up to kWarmBackoffMax) so a dead origin is not dialled
+  // in a loop.
+  bool warm_paused_ = false;
+  TimePoint warm_retry_at_{};
+  Duration warm_backoff_{};
 };
 
 }  // namespace upkeep::pool

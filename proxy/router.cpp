@@ -278,15 +278,16 @@ namespace {
 // The pool key and upstream request for a parsed target. intercepted: the client's
 // own TLS was terminated here, so the request goes out over TLS to exactly the port
 // it named, whatever the route says.
+const Route* match_route(const Config& cfg, std::string_view host, uint16_t port) {
+  for (const auto& r : cfg.routes) {
+    if (host_matches(r.host_pattern, host) && (!r.port || *r.port == port)) return &r;
+  }
+  return nullptr;
+}
+
 RouteDecision decide(const Config& cfg, Target& t, bool intercepted) {
   const std::string& host = t.authority.host;
-  const Route* matched = nullptr;
-  for (const auto& r : cfg.routes) {
-    if (host_matches(r.host_pattern, host) && (!r.port || *r.port == t.port)) {
-      matched = &r;
-      break;
-    }
-  }
+  const Route* matched = match_route(cfg, host, t.port);
   const UpstreamSettings& s = matched ? matched->upstream : cfg.upstream;
 
   RouteDecision d{};
@@ -319,6 +320,11 @@ RouteDecision decide(const Config& cfg, Target& t, bool intercepted) {
 }
 
 }  // namespace
+
+const UpstreamSettings& Router::settings_for(std::string_view host, uint16_t port) const {
+  const Route* matched = match_route(*cfg_, host, port);
+  return matched ? matched->upstream : cfg_->upstream;
+}
 
 Routed<RouteDecision> Router::route(std::string_view target, std::string_view host_header) const {
   std::optional<Target> t;

@@ -48,6 +48,10 @@ class Router {
   // or port not in connect_ports), host_denied.
   Routed<HostPort> route_connect(std::string_view authority) const;
 
+  // The upstream settings of the first route matching host and port, else the
+  // upstream defaults (for a blind tunnel, which has no RouteDecision).
+  const UpstreamSettings& settings_for(std::string_view host, uint16_t port) const;
+
   // access.allow / access.deny for a host name or IP literal (lower-case compare).
   bool host_allowed(std::string_view host) const;
   // access.deny_networks for a resolved address (4 or 16 bytes, network order;

@@ -200,6 +200,7 @@ int run_server(Config cfg, const std::string& config_path, const Overrides& over
 
   asio::co_spawn(control, accept_clients(proxy_acceptor, rt), asio::detached);
   if (admin_acceptor) asio::co_spawn(control, accept_admin(admin_acceptor, rt), asio::detached);
+  rt->pools.warm(rt->current()->router);
 
   // SIGHUP: everything is prepared first (parse, snapshot, new listeners) and only
   // then swapped in, so a failure anywhere keeps the running configuration whole.

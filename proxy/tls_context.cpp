@@ -1,5 +1,7 @@
 #include "tls_context.hpp"
 
+#include "tls_sessions.hpp"
+
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
@@ -50,10 +52,10 @@ std::shared_ptr<ssl::context> client_tls_context(const UpstreamSettings& s) {
       throw ConfigError("upstream.client_key: cannot load " + s.client_key + ": " + ec.message());
     }
   }
-  // No internal session cache: nothing resumes from it yet, and each cached session
-  // holds the peer's certificate chain, so it only grew with every reconnect (the
-  // soak test showed ~8 KiB per connection ever opened, up to 20,480 sessions).
-  SSL_CTX_set_session_cache_mode(ctx->native_handle(), SSL_SESS_CACHE_OFF);
+  // Sessions are kept per origin (TlsSessions, one per pool), not in OpenSSL's
+  // cache: that held every session ever received, each with the server's chain (the
+  // soak test once showed ~8 KiB per connection ever opened).
+  TlsSessions::enable(ctx->native_handle());
   cache.emplace(key, ctx);
   return ctx;
 }

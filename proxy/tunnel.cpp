@@ -7,8 +7,8 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
-#include <boost/beast/core/tcp_stream.hpp>
 
+#include "dial.hpp"
 #include "metrics.hpp"
 
 namespace upkeep {
@@ -50,28 +50,19 @@ asio::awaitable<void> pump(tcp::socket& from, tcp::socket& to, uint64_t& counter
 
 asio::awaitable<errc> run_tunnel(ClientStream& client, beast::flat_buffer& pending,
                                  const HostPort& target, const Snapshot& snap, AccessEntry& e,
-                                 metrics::TunnelReason reason, bool answered) {
+                                 metrics::TunnelReason reason, std::string& detail, bool answered) {
   using namespace asio::experimental::awaitable_operators;
   auto ex = client.get_executor();
-  const auto& settings = snap.router->config().upstream;
-  tcp::resolver resolver(ex);
-  auto [rec, results] = co_await resolver.async_resolve(target.host, std::to_string(target.port),
-                                                        tcp::resolver::numeric_service, use_tuple);
-  if (rec) co_return errc::dns_failed;
-  std::vector<tcp::endpoint> endpoints;
-  for (const auto& r : results) {
-    if (!snap.router->address_denied(address_bytes(r.endpoint().address()))) {
-      endpoints.push_back(r.endpoint());
-    }
+  const auto& settings = snap.router->settings_for(target.host, target.port);
+  tcp::socket upstream(ex);
+  auto dialled = co_await dial(upstream, target.host, target.port, settings, snap.router.get(),
+                               std::chrono::steady_clock::now() + settings.connect_timeout);
+  if (dialled.error != errc::ok) {
+    detail = std::move(dialled.detail);
+    co_return dialled.error;
   }
-  if (endpoints.empty()) co_return errc::network_denied;
-  beast::tcp_stream upstream(ex);
-  upstream.expires_after(settings.connect_timeout);
-  auto [cec, ep] = co_await upstream.async_connect(endpoints, use_tuple);
-  upstream.expires_never();
-  if (cec) co_return cec == beast::error::timeout ? errc::connect_timeout : errc::connect_failed;
   error_code ignored;
-  upstream.socket().set_option(tcp::no_delay(true), ignored);
+  upstream.set_option(tcp::no_delay(true), ignored);
 
   metrics::Registry::get().tunnel(reason);
   e.status = 200;
@@ -84,14 +75,14 @@ asio::awaitable<errc> run_tunnel(ClientStream& client, beast::flat_buffer& pendi
   }
   // Bytes the client sent after the CONNECT head (a TLS ClientHello, typically).
   if (pending.size() > 0) {
-    auto [pec, pn] = co_await asio::async_write(upstream.socket(), pending.data(), use_tuple);
+    auto [pec, pn] = co_await asio::async_write(upstream, pending.data(), use_tuple);
     pending.consume(pending.size());
     if (pec) co_return errc::ok;
   }
   uint64_t up_bytes = 0;
   uint64_t down_bytes = 0;
-  co_await (pump(client.socket(), upstream.socket(), up_bytes) &&
-            pump(upstream.socket(), client.socket(), down_bytes));
+  co_await (pump(client.socket(), upstream, up_bytes) &&
+            pump(upstream, client.socket(), down_bytes));
   e.bytes = down_bytes;
   co_return errc::ok;
 }

@@ -1,5 +1,6 @@
-// Resolve, connect, TLS handshake with verification and ALPN: everything needed to
-// turn an Origin into a ready UpstreamConn, bounded by connect_timeout.
+// Dial (directly or through the parent proxy), TLS handshake with verification,
+// ALPN and resumption: everything needed to turn an Origin into a ready
+// UpstreamConn, bounded by connect_timeout.
 #pragma once
 
 #include <memory>
@@ -8,6 +9,7 @@
 
 #include <boost/asio/ip/address.hpp>
 
+#include "dial.hpp"
 #include "error.hpp"
 #include "origin.hpp"
 #include "router.hpp"
@@ -19,15 +21,15 @@ struct ConnectOutcome {
   errc error = errc::ok;
   std::string detail;  // for the log: the OS or TLS reason
   std::shared_ptr<UpstreamConn> conn;
+  bool resumed = false;  // the TLS handshake resumed a session from `sessions`
 };
 
-// An address as Router::address_denied takes it (4 or 16 bytes, network order).
-std::vector<uint8_t> address_bytes(const asio::ip::address& a);
-
 // deny: access.deny_networks is applied to every resolved address (and connect_to).
+// sessions: the origin's kept TLS session, offered and then replaced by new ones.
 asio::awaitable<ConnectOutcome> connect_upstream(asio::any_io_executor ex, const Origin& origin,
                                                  const UpstreamSettings& settings,
                                                  std::shared_ptr<const Router> deny,
+                                                 std::shared_ptr<TlsSessions> sessions,
                                                  uint64_t conn_id);
 
 }  // namespace upkeep

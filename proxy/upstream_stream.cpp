@@ -8,7 +8,6 @@
 #include <openssl/err.h>
 
 #include <boost/asio/as_tuple.hpp>
-#include <boost/asio/connect.hpp>
 #include <boost/asio/ssl/error.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core/error.hpp>
@@ -48,13 +47,17 @@ error_code UpstreamStream::waited(error_code ec) const {
   return ec;
 }
 
-asio::awaitable<error_code> UpstreamStream::connect(
-    const std::vector<asio::ip::tcp::endpoint>& endpoints) {
-  auto [ec, ep] = co_await asio::async_connect(socket_, endpoints, use_tuple);
-  if (ec) co_return waited(ec);
+error_code UpstreamStream::connected() {
+  error_code ec;
   socket_.set_option(asio::ip::tcp::no_delay(true), ec);
   socket_.non_blocking(true, ec);  // the synchronous attempts below must not block
-  co_return ec;
+  return ec;
+}
+
+void UpstreamStream::resume_from(std::shared_ptr<TlsSessions> sessions) {
+  if (!ssl_ || !sessions) return;
+  sessions_ = std::move(sessions);
+  TlsSessions::attach(sessions_, ssl_);
 }
 
 asio::awaitable<error_code> UpstreamStream::wait(Wait w) {

@@ -24,6 +24,7 @@
 
 #include "deadline.hpp"
 #include "tls_io.hpp"
+#include "tls_sessions.hpp"
 
 namespace upkeep {
 
@@ -65,7 +66,11 @@ class UpstreamStream {
   void expires_after(clock::duration d) { deadline_.expires_after(d); }
   void expires_never() { deadline_.expires_never(); }
 
-  asio::awaitable<error_code> connect(const std::vector<asio::ip::tcp::endpoint>& endpoints);
+  // socket() was connected (by dial()): sets it up for the attempts below.
+  error_code connected();
+  // Offers the origin's kept TLS session in the handshake and keeps the new ones
+  // there (before handshake()).
+  void resume_from(std::shared_ptr<TlsSessions> sessions);
   // The client handshake; SNI, verification and ALPN are set on ssl() before.
   asio::awaitable<error_code> handshake();
   // Waits until the socket is ready for `w`, within the deadline.
@@ -96,6 +101,7 @@ class UpstreamStream {
  private:
   socket_type socket_;
   std::shared_ptr<asio::ssl::context> ctx_;  // keeps the SSL_CTX's callbacks alive
+  std::shared_ptr<TlsSessions> sessions_;    // outlives ssl_, which points to it
   SSL* ssl_ = nullptr;
   Deadline deadline_;
 };
