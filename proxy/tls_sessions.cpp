@@ -27,7 +27,14 @@ void TlsSessions::attach(const std::shared_ptr<TlsSessions>& self, SSL* ssl) {
   // SSL_set_session takes its own reference; ours stays for the next connection. A
   // TLS 1.3 ticket is meant to be used once (RFC 8446 §C.4), but servers that issue
   // stateless tickets accept it again, and each resumed connection brings new ones.
-  if (self->session_) SSL_set_session(ssl, self->session_);
+  // A copy: OpenSSL marks a connection's session not resumable when the connection
+  // is freed without close_notify (as a pooled one is when the server hangs up),
+  // which would spoil the kept one for every later connection.
+  if (!self->session_) return;
+  if (SSL_SESSION* copy = SSL_SESSION_dup(self->session_)) {
+    SSL_set_session(ssl, copy);
+    SSL_SESSION_free(copy);
+  }
 }
 
 void TlsSessions::forget() {
@@ -44,8 +51,9 @@ bool TlsSessions::empty() {
 int TlsSessions::on_new_session(SSL* ssl, SSL_SESSION* session) {
   auto* self = static_cast<TlsSessions*>(SSL_get_ex_data(ssl, ex_index()));
   if (!self || SSL_SESSION_is_resumable(session) != 1) return 0;
-  self->keep(session);
-  return 1;  // the reference OpenSSL passed is ours now
+  // Kept as a copy, for the reason in attach(): `session` stays the connection's.
+  if (SSL_SESSION* copy = SSL_SESSION_dup(session)) self->keep(copy);
+  return 0;  // OpenSSL keeps (and frees) its own reference
 }
 
 void TlsSessions::keep(SSL_SESSION* session) {
