@@ -136,8 +136,11 @@ class Race : public std::enable_shared_from_this<Race> {
   error_code last_;
 };
 
-asio::awaitable<error_code> race(tcp::socket& out, std::vector<tcp::endpoint> order,
-                                 clock::time_point deadline) {
+}  // namespace
+
+asio::awaitable<error_code> connect_first(tcp::socket& out, std::vector<tcp::endpoint> order,
+                                          clock::time_point deadline) {
+  if (order.empty()) co_return asio::error::host_not_found;
   auto race = std::make_shared<Race>(out.get_executor(), std::move(order));
   race->start(deadline);
   while (!race->done)
@@ -145,6 +148,8 @@ asio::awaitable<error_code> race(tcp::socket& out, std::vector<tcp::endpoint> or
   if (!race->result) out = std::move(race->winner());
   co_return race->result;
 }
+
+namespace {
 
 // Resolves host and connects to the first of its allowed addresses to answer.
 asio::awaitable<DialOutcome> dial_direct(tcp::socket& socket, const std::string& host,
@@ -186,7 +191,7 @@ asio::awaitable<DialOutcome> dial_direct(tcp::socket& socket, const std::string&
     out.detail = host + " resolves only to denied networks";
     co_return out;
   }
-  if (auto ec = co_await race(socket, interleave_families(endpoints), deadline)) {
+  if (auto ec = co_await connect_first(socket, interleave_families(endpoints), deadline)) {
     out.error = ec == asio::error::timed_out ? errc::connect_timeout : errc::connect_failed;
     out.detail =
         ec == asio::error::timed_out ? "connecting to " + host + " timed out" : ec.message();

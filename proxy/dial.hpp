@@ -37,6 +37,14 @@ inline constexpr std::chrono::milliseconds kAttemptDelay{250};
 std::vector<asio::ip::tcp::endpoint> interleave_families(
     const std::vector<asio::ip::tcp::endpoint>& endpoints);
 
+// Happy Eyeballs over addresses already in order: attempts start kAttemptDelay
+// apart, or at once when the one before fails; the first to connect is moved into
+// `out` (closed; its executor, which must be the caller's, runs everything).
+// asio::error::timed_out at deadline, else the last attempt's error.
+asio::awaitable<boost::system::error_code> connect_first(
+    asio::ip::tcp::socket& out, std::vector<asio::ip::tcp::endpoint> order,
+    std::chrono::steady_clock::time_point deadline);
+
 // Connects `socket` (closed, its executor used for everything) to host:port by
 // `settings`' route: settings.parent set means through that parent proxy. deny
 // (may be null): access.deny_networks, applied to every address resolved here.
