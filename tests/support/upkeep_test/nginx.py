@@ -11,6 +11,7 @@ Static files with deterministic content (see patterns.py): /1k, /64k, /256k, /1m
 The access log (written per request, no buffer) has one line per request:
   conn=<$connection> n=<$connection_requests> proto=<$server_protocol>
   status=<$status> method=<$request_method> uri=<$request_uri> bytes=<$body_bytes_sent>
+  reused=<$ssl_session_reused: "r" when the TLS session was resumed, else ".">
 so tests count the DISTINCT upstream connections nginx accepted.
 """
 import os
@@ -45,7 +46,8 @@ http {{
     uwsgi_temp_path {dir}/uwsgi;
     scgi_temp_path {dir}/scgi;
     log_format upkeep 'conn=$connection n=$connection_requests proto=$server_protocol '
-                      'status=$status method=$request_method uri=$request_uri bytes=$body_bytes_sent';
+                      'status=$status method=$request_method uri=$request_uri bytes=$body_bytes_sent '
+                      'reused=$ssl_session_reused';
     access_log {dir}/access.log upkeep;
     keepalive_requests 100000;
     keepalive_timeout 75s;
