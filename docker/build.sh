@@ -3,12 +3,12 @@
 #
 #   docker/build.sh STAGE_DIR
 #
-#   STAGE_DIR/usr/local/bin/upkeep        Release build, stripped
+#   STAGE_DIR/usr/bin/upkeep              Release build, stripped
 #   STAGE_DIR/etc/upkeep/upkeep.yaml      the container config (docker/upkeep.yaml)
 #
-# The Dockerfile's builder stage runs it; tests/integration/test_deploy.py runs it
-# too (no Docker engine needed). Build dependencies must already be installed
-# (.ci/install-deps --run-only).
+# The Dockerfile's builder stage runs it (then docker/rootfs.sh);
+# tests/integration/test_deploy.py runs it too (no Docker engine needed). Build
+# dependencies must already be installed (.ci/install-deps --run-only).
 #
 # Environment:
 #   UPKEEP_BUILD_DIR  CMake build directory to use (default: a fresh directory
@@ -30,11 +30,11 @@ jobs=${UPKEEP_JOBS:-$(nproc)}
 cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=OFF >/dev/null
 cmake --build "$build" -j"$jobs" --target upkeep
 
-install -D -m 0755 "$build/upkeep" "$stage/usr/local/bin/upkeep"
-strip --strip-unneeded "$stage/usr/local/bin/upkeep"
+install -D -m 0755 "$build/upkeep" "$stage/usr/bin/upkeep"
+strip --strip-unneeded "$stage/usr/bin/upkeep"
 install -D -m 0644 "$src/docker/upkeep.yaml" "$stage/etc/upkeep/upkeep.yaml"
 
 # The staged binary must run and accept the staged config.
-"$stage/usr/local/bin/upkeep" --version
-"$stage/usr/local/bin/upkeep" --check-config "$stage/etc/upkeep/upkeep.yaml" >/dev/null
-echo "staged: $stage/usr/local/bin/upkeep $stage/etc/upkeep/upkeep.yaml"
+"$stage/usr/bin/upkeep" --version
+"$stage/usr/bin/upkeep" --check-config "$stage/etc/upkeep/upkeep.yaml" >/dev/null
+echo "staged: $stage/usr/bin/upkeep $stage/etc/upkeep/upkeep.yaml"
