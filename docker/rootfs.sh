@@ -72,5 +72,9 @@ printf 'root:x:0:0:root:/root:/nonexistent\nupkeep:x:65532:65532:upkeep:/var/lib
 printf 'root:x:0:\nupkeep:x:65532:\n' >"$root/etc/group"
 printf 'passwd: files\ngroup: files\nhosts: files dns\n' >"$root/etc/nsswitch.conf"
 chmod 0644 "$root/etc/passwd" "$root/etc/group" "$root/etc/nsswitch.conf"
+# Owned by the uid upkeep runs as: a fresh volume mounted there copies this owner
+# and mode (COPY --chown in the Dockerfile does not change a directory that an
+# earlier COPY already made).
 install -d -m 0700 "$root/var/lib/upkeep"
+if [ "$(id -u)" = 0 ]; then chown 65532:65532 "$root/var/lib/upkeep"; fi
 echo "rootfs: $root ($(du -sh "$root" | cut -f1))"

@@ -300,8 +300,10 @@ class ImageTest(UpkeepTestCase):
         regular = {p for p, m in files.items() if m.isfile()}
         libs = {p for p in regular if re.match(r"^/usr/lib(64)?/", p) and ".so" in p}
         rest = regular - libs
-        # What the engine adds to every container's filesystem.
-        engine = {"/.dockerenv", "/etc/hostname", "/etc/hosts", "/etc/resolv.conf"}
+        # What the engine adds to every container's filesystem (/dev/console is the
+        # empty file it mounts the console over).
+        engine = {"/.dockerenv", "/etc/hostname", "/etc/hosts", "/etc/resolv.conf",
+                  "/dev/console"}
         self.assertEqual(rest - engine, {
             "/usr/bin/upkeep", "/etc/upkeep/upkeep.yaml", "/etc/ssl/certs/ca-certificates.crt",
             "/etc/passwd", "/etc/group", "/etc/nsswitch.conf"})
