@@ -146,7 +146,7 @@ PoolCore::Queue* PoolCore::oldest_queue() noexcept {
 
 void PoolCore::grant(ConnIt it, WaiterId waiter, Actions& out) {
   Conn& c = *it;
-  out.push_back(Grant{waiter, c.id, c.grants > 0});
+  out.push_back(Grant{waiter, c.id, !fresh(c)});
   ++c.grants;
   ++c.active;
   ++active_;
@@ -163,7 +163,7 @@ void PoolCore::grant(ConnIt it, WaiterId waiter, Actions& out) {
 void PoolCore::serve(ConnIt it, Actions& out) {
   Conn& c = *it;
   while (!c.draining && c.active < c.capacity) {
-    Queue* q = c.grants == 0 ? oldest_queue() : (any_.q.empty() ? nullptr : &any_);
+    Queue* q = fresh(c) ? oldest_queue() : (any_.q.empty() ? nullptr : &any_);
     if (q == nullptr) break;
     const WaiterId w = q->q.front().id;
     pop_front(*q);
@@ -192,7 +192,7 @@ std::optional<PoolCore::ConnIt> PoolCore::find_grantable(TimePoint now, bool fre
       close_conn(it, CloseReason::idle_timeout, out);
     } else if (past_age(*it, now)) {
       close_conn(it, CloseReason::max_age, out);
-    } else if (it->capacity > 0 && (!fresh_only || it->grants == 0)) {
+    } else if (it->capacity > 0 && (!fresh_only || fresh(*it))) {
       return it;
     }
     it = next;
@@ -305,7 +305,10 @@ void PoolCore::connected(ConnId conn, std::size_t capacity, TimePoint now, Actio
   }
   serve(it, out);
   const bool idle = it->active == 0;
-  if (idle) it->idle_deadline = now + limits_.idle_timeout;
+  if (idle) {
+    it->idle_deadline = now + limits_.idle_timeout;
+    it->idled = true;
+  }
   pump(out);  // may close it again for a fresh_only waiter it could not serve
   if (idle && index_.contains(conn)) out.push_back(WatchIdle{conn});
 }
@@ -346,6 +349,7 @@ void PoolCore::release(ConnId conn, bool reusable, TimePoint now, Actions& out,
     Duration limit = limits_.idle_timeout;
     if (idle_timeout) limit = std::clamp(*idle_timeout, Duration::zero(), limit);
     it->idle_deadline = now + limit;
+    it->idled = true;
   }
   pump(out);
   if (idle && index_.contains(conn)) out.push_back(WatchIdle{conn});

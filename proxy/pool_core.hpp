@@ -91,7 +91,8 @@ struct StartConnect {
   ConnId conn;
 };
 // Hand `conn` to `waiter` for one exchange (one stream). If the connection was
-// idle the owner stops its idle watch first. reused: it already carried an exchange.
+// idle the owner stops its idle watch first. reused: it already carried an exchange
+// or waited idle (a warm connection, or one whose waiter left), so it may be stale.
 struct Grant {
   WaiterId waiter;
   ConnId conn;
@@ -122,8 +123,8 @@ class PoolCore {
   // A request wants a connection. Appends at most a Grant, a Fail(queue_full) or a
   // StartConnect (plus Close for an idle connection sacrificed for a fresh one);
   // otherwise the waiter is queued FIFO until a Grant or Fail for it is emitted.
-  // fresh_only: only a connection that has never carried an exchange will do (the
-  // one-time retry after a failure on a reused connection).
+  // fresh_only: only a connection that has neither carried an exchange nor waited
+  // idle will do (the one-time retry after a failure on a reused connection).
   WaiterId acquire(TimePoint now, bool fresh_only, Actions& out);
   // The waiter went away (client hung up) before a Grant; no action is emitted for it later.
   void cancel(WaiterId waiter, Actions& out);
@@ -180,7 +181,10 @@ class PoolCore {
     State where = State::connecting;
     std::size_t capacity = 0;
     std::size_t active = 0;
-    uint64_t grants = 0;  // exchanges it carried or carries; 0 = fresh
+    uint64_t grants = 0;  // exchanges it carried or carries
+    // It waited idle in the pool, so the server may have closed it meanwhile: its
+    // first request can fail like one on a reused connection (and is retried so).
+    bool idled = false;
     bool draining = false;
     CloseReason drain_reason = CloseReason::error;
     TimePoint connected_at{};
@@ -221,6 +225,7 @@ class PoolCore {
   std::optional<ConnIt> find_conn(ConnId id);
   std::size_t warm_target() const noexcept;
   bool idle_expired(const Conn& c, TimePoint now) const noexcept;
+  static bool fresh(const Conn& c) noexcept { return c.grants == 0 && !c.idled; }
   void warm_setback(TimePoint now);
 
   Limits limits_;

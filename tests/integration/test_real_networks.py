@@ -144,6 +144,21 @@ class WarmConnectionsTest(UpkeepTestCase):
         self.assertLessEqual(origin.max_open, 3)
         note("warm connections: %d opened in all, %d open now, peak %d"
              % (origin.connections_total, origin.connections_open, origin.max_open))
+    def test_a_warm_connection_found_closed_is_retried_on_a_new_one(self):
+        # A warm connection never carried a request, but it waited idle: when the
+        # server's close crosses its first request, that request is retried, as on
+        # any reused connection, rather than answered 502.
+        origin = self.start_fault()
+        origin.drop_first_request_on = {1}
+        up = self.start_upkeep({"routes": [self.route(HOST, origin.port, max_connections=2,
+                                                      warm_connections=1)]})
+        # Counted once the handshake is done and the connection is in the pool, idle.
+        wait_until(lambda: up.metric("upkeep_upstream_connections_opened_total") >= 1, timeout=10)
+        r = self.fetch(up, "GET", url("/ok?size=10"))
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.body, patterns.pattern(10))
+        self.assertEqual([q.conn_id for q in origin.requests], [1, 2])
+        self.assertEqual(up.metric("upkeep_retries_total"), 1)
 
 if __name__ == "__main__":
     unittest.main()

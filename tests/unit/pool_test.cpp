@@ -34,6 +34,7 @@ struct Harness {
     std::size_t capacity = 1;
     std::size_t active = 0;
     uint64_t grants = 0;
+    bool idled = false;  // was told to watch idle: may be stale at its next grant
   };
   struct WaiterModel {
     bool fresh = false;
@@ -194,7 +195,7 @@ struct Harness {
     ConnModel& c = conns[g.conn];
     REQUIRE(c.state == CS::open);
     CHECK(c.active < c.capacity);
-    CHECK(g.reused == (c.grants > 0));
+    CHECK(g.reused == (c.grants > 0 || c.idled));
     const bool fresh = waiters[g.waiter].fresh;
     if (fresh) CHECK_FALSE(g.reused);
     // FIFO: nobody older who could have taken this connection is still waiting.
@@ -229,6 +230,7 @@ struct Harness {
     REQUIRE(conns.count(i.conn) == 1);
     CHECK(conns[i.conn].state == CS::open);
     CHECK(conns[i.conn].active == 0);
+    conns[i.conn].idled = true;
   }
 
   void check() {
@@ -759,14 +761,34 @@ TEST_CASE("fresh_only") {
     CHECK(h.only<Grant>().waiter == w2);
     CHECK_FALSE(h.only<Grant>().reused);
   }
-  SUBCASE("a never used idle connection is granted at once") {
+  SUBCASE("a never used idle connection is no fresh one: it may be stale too") {
+    // Its waiter left, so it waited idle; the server may have closed it meanwhile.
     Harness h(limits_with(1));
     h.cancel(h.acquire());
     const ConnId c1 = h.next_connect();
     h.connected(c1);
-    const WaiterId w2 = h.acquire(true);
-    CHECK(h.only<Grant>().waiter == w2);
+    CHECK(h.pool.idle() == 1);
+    const WaiterId w2 = h.acquire();
     CHECK(h.only<Grant>().conn == c1);
+    CHECK(h.only<Grant>().reused);  // so a failure on it is retried
+    h.release(w2);
+    const WaiterId w3 = h.acquire(true);
+    CHECK(h.only<Close>().conn == c1);  // the retry gets a new one, not this one
+    h.connected(h.next_connect());
+    CHECK(h.only<Grant>().waiter == w3);
+    CHECK_FALSE(h.only<Grant>().reused);
+  }
+  SUBCASE("a warm-style idle connection is not granted to a fresh_only waiter") {
+    Harness h(limits_with(2));
+    h.cancel(h.acquire());
+    const ConnId c1 = h.next_connect();
+    h.connected(c1);
+    const WaiterId w2 = h.acquire(true);
+    CHECK(h.all<Grant>().empty());
+    h.connected(h.only<StartConnect>().conn);
+    CHECK(h.only<Grant>().waiter == w2);
+    CHECK(h.only<Grant>().conn != c1);
+    CHECK(h.pool.idle() == 1);
   }
   SUBCASE("a new multiplexed connection takes the fresh waiter once") {
     Harness h(limits_with(2));

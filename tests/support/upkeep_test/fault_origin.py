@@ -29,6 +29,9 @@ Server-wide modes (attributes, settable at any time from the test thread):
                        (recorded) and close without answering: the race where a
                        server's close crosses the client's next request, made
                        deterministic
+  drop_first_request_on  a set of connection ids (1 = the first accepted) whose first
+                       request is read and then dropped the same way: a server that
+                       closed an idle connection just as the client reused it
 
 Counters: connections_total, connections_open, max_open (peak concurrently open,
 counted from TCP accept to close), requests (a list of Request records), sni_names,
@@ -97,6 +100,7 @@ class FaultOrigin:
         self.close_idle_after_ms = None
         self.close_after_requests = None
         self.drop_request_after = None
+        self.drop_first_request_on = set()
         self._lock = threading.Lock()
         self.connections_total = 0
         self.connections_open = 0
@@ -329,6 +333,8 @@ class FaultOrigin:
             req.complete = True
 
             if self.drop_request_after is not None and served >= self.drop_request_after:
+                return False
+            if served == 0 and conn_id in self.drop_first_request_on:
                 return False  # read it, answer nothing, close
 
             conn_tokens = {t.strip().lower() for v in req.header("connection") for t in v.split(",")}
