@@ -64,8 +64,9 @@ set(CPACK_PACKAGE_DESCRIPTION_SUMMARY "forward proxy that enforces upstream conn
 set(CPACK_DEBIAN_PACKAGE_DESCRIPTION
   "upkeep sits between an application and the origins it calls. It keeps a\n"
   "bounded pool of TLS connections (HTTP/2 or HTTP/1.1) to each origin and\n"
-  "sends every request over it, so the application's plain http:// requests\n"
-  "reuse verified upstream connections instead of opening new ones.")
+  "sends every request over it, so the application's requests reuse verified\n"
+  "upstream connections instead of opening new ones. https:// URLs are pooled\n"
+  "too when the application trusts upkeep's local CA (connect: intercept).")
 string(REPLACE ";" "" CPACK_DEBIAN_PACKAGE_DESCRIPTION "${CPACK_DEBIAN_PACKAGE_DESCRIPTION}")
 set(CPACK_DEBIAN_FILE_NAME DEB-DEFAULT)
 set(CPACK_DEBIAN_PACKAGE_SECTION net)
