@@ -131,7 +131,9 @@ class UpkeepFailed(AssertionError):
 
 
 class Upkeep:
-    def __init__(self, config=None, args=(), start=True, ca_file=True, timeout=15.0):
+    def __init__(self, config=None, args=(), start=True, ca_file=True, timeout=15.0, nofile=None):
+        """nofile: RLIMIT_NOFILE (soft and hard) for upkeep from its exec on, via
+        prlimit(1), which execs upkeep in its own process (so proc.pid is upkeep's)."""
         self.bin = os.environ.get("UPKEEP_BIN")
         if not self.bin:
             raise RuntimeError("UPKEEP_BIN is not set")
@@ -143,6 +145,7 @@ class Upkeep:
             base["upstream"] = {"ca_file": certs.get().ca_cert}
         self.config = merge(base, config or {})
         self.args = list(args)
+        self.nofile = nofile
         self.dir = tempfile.mkdtemp(prefix="upkeep-proxy-")
         self.config_path = os.path.join(self.dir, "upkeep.yaml")
         self.proc = None
@@ -159,8 +162,10 @@ class Upkeep:
     def start(self, timeout=15.0):
         with open(self.config_path, "w") as f:
             f.write(to_yaml(self.config))
-        self.proc = subprocess.Popen([self.bin, "--config", self.config_path] + self.args,
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        cmd = [self.bin, "--config", self.config_path] + self.args
+        if self.nofile is not None:
+            cmd = ["prlimit", "--nofile=%d:%d" % (self.nofile, self.nofile), "--"] + cmd
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE)
         for stream, sink in ((self.proc.stdout, self._out), (self.proc.stderr, self._err)):
             t = threading.Thread(target=self._pump, args=(stream, sink), daemon=True)
