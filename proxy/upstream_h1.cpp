@@ -189,6 +189,7 @@ std::vector<H2Field> UpstreamConn::trailers() const {
 
 void UpstreamConn::release_idle_memory() {
   if (buffer_.size() != 0) return;
+  stream_->release_tls_buffers();
   buffer_.shrink_to_fit();
   parser_.reset();
   head_ = std::string();

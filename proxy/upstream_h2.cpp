@@ -486,6 +486,8 @@ void H2Conn::finish_stream(H2Stream& s) {
   s.progress();
   if (s.id_ > 0) {
     streams_.erase(s.id_);  // may drop the last owner but the caller's reference
+    // The reader may already be waiting, with the buffers of the last response.
+    if (streams_.empty()) stream_->release_tls_buffers();
   }
 }
 
@@ -556,6 +558,7 @@ asio::awaitable<void> H2Conn::reader(std::shared_ptr<H2Conn> self) {
       kick();  // WINDOW_UPDATEs, SETTINGS and PING ACKs to send
       fed = 0;
     }
+    if (streams_.empty()) stream_->release_tls_buffers();  // idle until the next request
     auto wec = co_await stream_->wait(w);
     if (dead_) co_return;
     if (wec) {

@@ -113,6 +113,10 @@ UpstreamStream::Idle UpstreamStream::check_idle() noexcept {
   return Idle::error;
 }
 
+void UpstreamStream::release_tls_buffers() noexcept {
+  if (ssl_) SSL_free_buffers(ssl_);
+}
+
 std::size_t UpstreamStream::write_nb(const void* data, std::size_t n, error_code& ec, Wait& wait) {
   wait = Wait::none;
   if (n == 0) return 0;
