@@ -132,7 +132,7 @@ void ConnectionPool::run(pool::Actions& actions) {
             m_.streams.add(1);
             if (auto& h2 = it->second.h2) {
               ++h2->exchanges;
-              complete(a.waiter, Lease{errc::ok, nullptr, h2, a.reused, {}, {}});
+              complete(a.waiter, Lease::of(h2, a.reused));
               return;
             }
             auto& conn = it->second.h1;
@@ -141,7 +141,7 @@ void ConnectionPool::run(pool::Actions& actions) {
             error_code ignored;
             conn->stream().socket().cancel(ignored);
             ++conn->exchanges;
-            complete(a.waiter, Lease{errc::ok, conn, nullptr, a.reused, {}, {}});
+            complete(a.waiter, Lease::of(conn, a.reused));
           } else if constexpr (std::is_same_v<T, pool::Fail>) {
             errc e = errc::internal;
             switch (a.reason) {
@@ -158,7 +158,7 @@ void ConnectionPool::run(pool::Actions& actions) {
                 e = errc::shutting_down;
                 break;
             }
-            Lease failed{e, nullptr, nullptr, false, {}, {}};
+            Lease failed = Lease::failed(e);
             // The parent's answer tells the user what to fix; an OS error text
             // about upkeep's own sockets would not, and stays in the log.
             if (e == errc::parent_proxy_failed) failed.detail = last_connect_detail_;

@@ -38,6 +38,24 @@ struct Lease {
   bool reused = false;
   std::chrono::steady_clock::duration waited{};
   std::string detail;  // with a connect error, what the client's error body adds
+
+  static Lease of(std::shared_ptr<UpstreamConn> c, bool reused) {
+    Lease l;
+    l.conn = std::move(c);
+    l.reused = reused;
+    return l;
+  }
+  static Lease of(std::shared_ptr<H2Conn> c, bool reused) {
+    Lease l;
+    l.h2 = std::move(c);
+    l.reused = reused;
+    return l;
+  }
+  static Lease failed(errc e) {
+    Lease l;
+    l.error = e;
+    return l;
+  }
 };
 
 pool::Limits pool_limits(const UpstreamSettings& s);
@@ -50,7 +68,7 @@ class ConnectionPool : public std::enable_shared_from_this<ConnectionPool> {
                  const UpstreamSettings& settings, std::shared_ptr<const Router> router);
 
   // Completes with a Lease on the caller's executor. fresh_only: a connection that
-  // never carried an exchange (the one retry after a stale reused connection).
+  // neither carried an exchange nor waited idle (the one retry after a stale one).
   template <class Token>
   auto async_acquire(bool fresh_only, Token&& token) {
     return asio::async_initiate<Token, void(Lease)>(
