@@ -419,12 +419,16 @@ void H2Conn::start(Events events) {
     asio::co_spawn(self->strand_, self->reader(self), asio::detached);
     asio::co_spawn(self->strand_, self->writer(self), asio::detached);
     asio::co_spawn(self->strand_, self->pinger(self), asio::detached);
+    self->on_settings(false);
   });
 }
 
-// The pool hears of the connection only once the server's SETTINGS say how many
-// streams it takes: a server allowing fewer than our initial 100 would otherwise
-// refuse the excess of a burst (RFC 9113 §5.1.2), and each refusal costs a replay.
+// The connection goes to work as soon as our preface is queued, with the initial
+// limit (SPEC and RFC 9113 §6.5.2: min(100, ours) until the server's SETTINGS):
+// waiting for them costs a new connection a whole round trip when the server sends
+// them only after our Finished (TLS 1.2). A server allowing fewer refuses the excess
+// of a first burst (REFUSED_STREAM, replayed); its SETTINGS then lower the capacity,
+// and nghttp2 holds any stream over the limit until one closes.
 void H2Conn::on_settings(bool from_server) {
   std::size_t n = initial_capacity();
   if (from_server) {
@@ -434,7 +438,6 @@ void H2Conn::on_settings(bool from_server) {
   }
   if (!ready_) {
     ready_ = true;
-    ping_timer_.cancel();  // the SETTINGS wait; the pinger re-arms it
     if (events_.ready) events_.ready(n);
   } else if (from_server && events_.capacity) {
     events_.capacity(n);
@@ -622,12 +625,6 @@ asio::awaitable<void> H2Conn::writer(std::shared_ptr<H2Conn> self) {
 // means the path or the server is gone, and the connection leaves the pool before a
 // request finds out the slow way.
 asio::awaitable<void> H2Conn::pinger(std::shared_ptr<H2Conn> self) {
-  // First the wait for the server's SETTINGS: past connect_timeout the connection
-  // goes to work with the initial limit rather than not at all.
-  ping_timer_.expires_after(settings_.connect_timeout);
-  co_await ping_timer_.async_wait(use_tuple);
-  if (dead_) co_return;
-  if (!ready_) on_settings(false);
   if (settings_.ping_interval.count() == 0) co_return;
   while (!dead_) {
     ping_timer_.expires_after(settings_.ping_interval);
