@@ -80,6 +80,11 @@ std::shared_ptr<const Snapshot> make_snapshot(const Config& cfg,
 asio::awaitable<void> accept_loop(std::shared_ptr<tcp::acceptor> acceptor,
                                   std::shared_ptr<Runtime> rt,
                                   std::function<void(tcp::socket)> on_accept) {
+  using clock = std::chrono::steady_clock;
+  // Out of descriptors the loop retries every 50 ms; the log says so once, then once
+  // a second with a count, then when accepting works again (not 20 lines a second).
+  uint64_t failures = 0, unreported = 0;
+  clock::time_point reported{};
   for (;;) {
     // With one event-loop thread every handler is already serialised; a strand per
     // client would only add a lock and a queue hop to each of its operations.
@@ -89,10 +94,27 @@ asio::awaitable<void> accept_loop(std::shared_ptr<tcp::acceptor> acceptor,
     if (ec) {
       if (ec == asio::error::operation_aborted || !acceptor->is_open()) co_return;
       // EMFILE and friends: back off briefly instead of spinning on the error.
-      log::warn("accept failed", {{"error", ec.message()}});
+      const auto now = clock::now();
+      ++unreported;
+      if (failures++ == 0) {
+        log::warn("accept failed", {{"error", ec.message()}, {"retry_ms", "50"}});
+        reported = now;
+        unreported = 0;
+      } else if (now - reported >= std::chrono::seconds(1)) {
+        const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now - reported);
+        log::warn("accept still failing", {{"error", ec.message()},
+                                           {"failures", std::to_string(unreported)},
+                                           {"over_ms", std::to_string(ms.count())}});
+        reported = now;
+        unreported = 0;
+      }
       asio::steady_timer t(rt->ioc, std::chrono::milliseconds(50));
       co_await t.async_wait(use_tuple);
       continue;
+    }
+    if (failures != 0) {
+      log::info("accepting again", {{"failed_accepts", std::to_string(failures)}});
+      failures = 0;
     }
     on_accept(std::move(socket));
   }

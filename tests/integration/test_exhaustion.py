@@ -100,7 +100,8 @@ class ExhaustionCase(UpkeepTestCase):
         return held
 
     def accept_failures(self, up):
-        return sum(1 for line in up.stderr_text().splitlines() if " accept failed " in line)
+        return sum(1 for line in up.stderr_text().splitlines()
+                   if " accept failed " in line or " accept still failing " in line)
 
     def wait_log(self, up, pattern):
         """upkeep's log (read by a thread of the fixture) gets a line matching pattern."""
@@ -148,17 +149,22 @@ class AcceptUnderEmfileTest(ExhaustionCase):
             c.request("GET", "http://fault.origin.test/ok?size=%d" % (5000 + i))
             waiting.append(c)
 
-        # The EMFILE period: ten failed accepts, then what they cost.
-        failures0 = self.accept_failures(up)
+        # The EMFILE period: upkeep logs the first failed accept, then once a second how
+        # many retries (one per 50 ms back-off) failed since: the count is the check.
+        self.wait_log(up, r"accept failed .*retry_ms=50")
         cpu0, t0 = cpu_seconds(self.pid), time.monotonic()
-        wait_until(lambda: self.accept_failures(up) >= failures0 + 10, 10,
-                   message="upkeep logs 'accept failed' while out of descriptors")
+        still = re.compile(r"accept still failing .*failures=(\d+) over_ms=(\d+)")
+        wait_until(lambda: still.search(up.stderr_text()), 10,
+                   message="upkeep logs 'accept still failing' a second later")
         cpu, elapsed = cpu_seconds(self.pid) - cpu0, time.monotonic() - t0
-        failures = self.accept_failures(up) - failures0
-        print("\nEMFILE: %d failed accepts in %.2fs, upkeep used %.3fs CPU (limit %d, %d held clients)"
-              % (failures, elapsed, cpu, NOFILE, len(held)))
-        self.assertGreaterEqual(elapsed, 0.4, "10 failed accepts in %.2fs: no back-off between them" % elapsed)
-        self.assertLessEqual(failures, elapsed / 0.05 + 3, "more failed accepts than a 50 ms back-off allows")
+        failures, over_ms = (int(g) for g in still.search(up.stderr_text()).groups())
+        lines = self.accept_failures(up)
+        print("\nEMFILE: %d failed accepts over %d ms, %d log lines; upkeep used %.3fs CPU in %.2fs "
+              "(limit %d, %d held clients)" % (failures, over_ms, lines, cpu, elapsed, NOFILE, len(held)))
+        self.assertGreaterEqual(over_ms, 1000, "the repeat was logged before a second had passed")
+        self.assertGreaterEqual(failures, 5, "upkeep stopped retrying the accept")
+        self.assertLessEqual(failures, over_ms / 50.0 + 3, "more failed accepts than a 50 ms back-off allows")
+        self.assertLessEqual(lines, 2, "the log repeats every failed accept")
         self.assertLess(cpu, 0.25 * elapsed + 0.05, "upkeep spins while out of descriptors")
         self.assertIn("Too many open files", up.stderr_text())
 
@@ -181,6 +187,7 @@ class AcceptUnderEmfileTest(ExhaustionCase):
             self.assertEqual(r.status, 200, r)
             self.assertPattern(r.body, 5000 + i)
             self.get_ok(c, "fault.origin.test", 300 + i)  # and keep-alive works on them
+        self.wait_log(up, r"accepting again .*failed_accepts=\d+")
         self.get_ok(served[0], "fault.origin.test", 7)
         r = self.fetch(up, "GET", "http://fault.origin.test/ok?size=11")
         self.assertEqual(r.status, 200, r)
