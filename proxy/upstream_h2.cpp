@@ -134,7 +134,7 @@ struct H2Callbacks {
         return 0;
       }
       case NGHTTP2_SETTINGS:
-        if (!(frame->hd.flags & NGHTTP2_FLAG_ACK)) c.on_settings(true);
+        if (!(frame->hd.flags & NGHTTP2_FLAG_ACK)) c.on_settings();
         return 0;
       case NGHTTP2_GOAWAY:
         if (!c.goaway_) {
@@ -419,29 +419,23 @@ void H2Conn::start(Events events) {
     asio::co_spawn(self->strand_, self->reader(self), asio::detached);
     asio::co_spawn(self->strand_, self->writer(self), asio::detached);
     asio::co_spawn(self->strand_, self->pinger(self), asio::detached);
-    self->on_settings(false);
+    // At work at once with the initial limit; the server's SETTINGS adjust it.
+    if (self->events_.ready) self->events_.ready(self->initial_capacity());
   });
 }
 
-// The connection goes to work as soon as our preface is queued, with the initial
-// limit (SPEC and RFC 9113 §6.5.2: min(100, ours) until the server's SETTINGS):
+// start() puts the connection to work as soon as our preface is queued, with the
+// initial limit (SPEC and RFC 9113 §6.5.2: min(100, ours) until the server's SETTINGS):
 // waiting for them costs a new connection a whole round trip when the server sends
 // them only after our Finished (TLS 1.2). A server allowing fewer refuses the excess
 // of a first burst (REFUSED_STREAM, replayed); its SETTINGS then lower the capacity,
 // and nghttp2 holds any stream over the limit until one closes.
-void H2Conn::on_settings(bool from_server) {
-  std::size_t n = initial_capacity();
-  if (from_server) {
-    auto remote =
-        nghttp2_session_get_remote_settings(session_, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
-    n = std::max<std::size_t>(1, std::min<std::size_t>(remote, settings_.max_concurrent_streams));
-  }
-  if (!ready_) {
-    ready_ = true;
-    if (events_.ready) events_.ready(n);
-  } else if (from_server && events_.capacity) {
-    events_.capacity(n);
-  }
+void H2Conn::on_settings() {
+  auto remote =
+      nghttp2_session_get_remote_settings(session_, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
+  const std::size_t n =
+      std::max<std::size_t>(1, std::min<std::size_t>(remote, settings_.max_concurrent_streams));
+  if (events_.capacity) events_.capacity(n);
 }
 
 std::shared_ptr<H2Stream> H2Conn::open(std::vector<H2Field> fields, bool body_follows) {
@@ -489,8 +483,6 @@ void H2Conn::finish_stream(H2Stream& s) {
   s.progress();
   if (s.id_ > 0) {
     streams_.erase(s.id_);  // may drop the last owner but the caller's reference
-    // The reader may already be waiting, with the buffers of the last response.
-    if (streams_.empty()) stream_->release_tls_buffers();
   }
 }
 
@@ -561,7 +553,6 @@ asio::awaitable<void> H2Conn::reader(std::shared_ptr<H2Conn> self) {
       kick();  // WINDOW_UPDATEs, SETTINGS and PING ACKs to send
       fed = 0;
     }
-    if (streams_.empty()) stream_->release_tls_buffers();  // idle until the next request
     auto wec = co_await stream_->wait(w);
     if (dead_) co_return;
     if (wec) {

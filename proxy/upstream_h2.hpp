@@ -243,7 +243,7 @@ class H2Conn : public std::enable_shared_from_this<H2Conn> {
   void kick();  // wake the writer: nghttp2 may have frames to send
   void fail(pool::CloseReason reason);
   void finish_stream(H2Stream& s);
-  void on_settings(bool from_server);
+  void on_settings();  // the server's SETTINGS: its stream limit becomes the capacity
   // Before the server's SETTINGS: at most min(100, max_concurrent_streams).
   std::size_t initial_capacity() const noexcept;
 
@@ -261,7 +261,6 @@ class H2Conn : public std::enable_shared_from_this<H2Conn> {
   bool goaway_ = false;
   bool closing_ = false;
   bool ping_acked_ = true;
-  bool ready_ = false;  // Events::ready was called
   std::string out_;
 };
 

@@ -59,11 +59,12 @@ class UpstreamStream {
   // buffer where no readiness wait sees it; it is found here too.
   enum class Idle : unsigned char { quiet, fin, close_notify, stray_bytes, error };
   Idle check_idle() noexcept;
-  // Gives OpenSSL's record buffers (about 16 KiB to read, more to write) back while
-  // the connection is idle. SSL_MODE_RELEASE_BUFFERS leaves the read buffer allocated
-  // after a read that found nothing, which is every idle connection's last read; with
-  // a thousand idle origins that is most of their memory. A no-op while a record is
-  // partly read or written (OpenSSL >= 3.0.14 also checks decrypted, unread records).
+  // Gives OpenSSL's record buffers (about 16 KiB to read) back while the connection
+  // is idle. SSL_MODE_RELEASE_BUFFERS frees them only at a read that finds nothing;
+  // an HTTP/1.1 exchange stops reading at the response's end, so every idle pooled
+  // connection kept one (HTTP/2's reader always reads to EAGAIN and needs no call).
+  // A no-op while a record is partly read or written (OpenSSL >= 3.0.14 also checks
+  // decrypted, unread records).
   void release_tls_buffers() noexcept;
 
   // On expiry the pending operations fail with beast::error::timeout and the

@@ -761,12 +761,17 @@ TEST_CASE("fresh_only") {
     CHECK(h.only<Grant>().waiter == w2);
     CHECK_FALSE(h.only<Grant>().reused);
   }
-  SUBCASE("a never used idle connection is no fresh one: it may be stale too") {
-    // Its waiter left, so it waited idle; the server may have closed it meanwhile.
-    Harness h(limits_with(1));
+  // A connection whose waiter left before it connected: it waits idle, never used.
+  auto idle_unused = [](Harness& h) {
     h.cancel(h.acquire());
-    const ConnId c1 = h.next_connect();
-    h.connected(c1);
+    const ConnId c = h.next_connect();
+    h.connected(c);
+    return c;
+  };
+  SUBCASE("a never used idle connection is no fresh one: it may be stale too") {
+    // The server may have closed it while it waited.
+    Harness h(limits_with(1));
+    const ConnId c1 = idle_unused(h);
     CHECK(h.pool.idle() == 1);
     const WaiterId w2 = h.acquire();
     CHECK(h.only<Grant>().conn == c1);
@@ -780,9 +785,7 @@ TEST_CASE("fresh_only") {
   }
   SUBCASE("a warm-style idle connection is not granted to a fresh_only waiter") {
     Harness h(limits_with(2));
-    h.cancel(h.acquire());
-    const ConnId c1 = h.next_connect();
-    h.connected(c1);
+    const ConnId c1 = idle_unused(h);
     const WaiterId w2 = h.acquire(true);
     CHECK(h.all<Grant>().empty());
     h.connected(h.only<StartConnect>().conn);
