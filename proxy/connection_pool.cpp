@@ -54,6 +54,7 @@ void ConnectionPool::release(std::shared_ptr<UpstreamConn> conn, bool reusable,
                              pool::CloseReason reason,
                              std::optional<std::chrono::steady_clock::duration> idle_hint,
                              std::function<void()> then) {
+  conn->stream().hand_over(strand_);
   asio::dispatch(strand_, [self = shared_from_this(), conn = std::move(conn), reusable, reason,
                            idle_hint, then = std::move(then)]() mutable {
     // A waiter may be granted the connection at once, before any idle watch: look
@@ -181,6 +182,7 @@ void ConnectionPool::complete(pool::WaiterId w, Lease lease) {
   Waiter waiter = std::move(it->second);
   waiters_.erase(it);
   lease.waited = std::chrono::steady_clock::now() - waiter.since;
+  if (lease.conn) lease.conn->stream().hand_over(waiter.ex);
   metrics::Registry::get().pool_wait_seconds.observe(
       std::chrono::duration<double>(lease.waited).count());
   asio::post(waiter.ex, [h = std::move(waiter.handler), lease = std::move(lease)]() mutable {
@@ -230,10 +232,11 @@ void ConnectionPool::on_connected(pool::ConnId id, ConnectOutcome outcome) {
 // The server chose h2: the handshaken transport moves into an H2Conn on its own
 // strand. Its events come back here by post, so the core is only touched on ours.
 void ConnectionPool::adopt_h2(pool::ConnId id, std::shared_ptr<UpstreamConn> handshaken) {
-  auto h2 =
-      std::make_shared<H2Conn>(threads_ == 1 ? asio::any_io_executor(ioex_)
-                                             : asio::any_io_executor(asio::make_strand(ioex_)),
-                               handshaken->id(), handshaken->take_stream(), settings_);
+  auto serial = threads_ == 1 ? asio::any_io_executor(ioex_)
+                              : asio::any_io_executor(asio::make_strand(ioex_));
+  auto stream = handshaken->take_stream();
+  stream->hand_over(serial);
+  auto h2 = std::make_shared<H2Conn>(serial, handshaken->id(), std::move(stream), settings_);
   h2->pool_id = id;
   conns_.emplace(id, Pooled{nullptr, h2});
   log::debug("upstream connected",

@@ -5,6 +5,12 @@
 // one wait per socket stays armed; when it fires before the current deadline it
 // re-arms for that, and only a deadline moved earlier than the armed one re-arms at
 // once. On expiry the socket is shut down and its pending operations cancelled.
+//
+// A Deadline has one owner at a time: the executor (a strand, or the io_context with
+// one thread) that calls expires_* and uses the socket. A pooled upstream connection
+// changes owner (pool strand, then a client session's, then back), so the owner
+// hands it over; the armed wait stays armed and its expiry is carried out on
+// whoever owns the socket when it fires, never beside them.
 #pragma once
 
 #include <chrono>
@@ -20,7 +26,8 @@ class Deadline {
  public:
   using clock = std::chrono::steady_clock;
 
-  Deadline(const boost::asio::any_io_executor& ex, boost::asio::ip::tcp::socket& socket);
+  // `owner` is the executor the socket is first used on.
+  Deadline(const boost::asio::any_io_executor& owner, boost::asio::ip::tcp::socket& socket);
   ~Deadline();
   Deadline(const Deadline&) = delete;
   Deadline& operator=(const Deadline&) = delete;
@@ -30,6 +37,10 @@ class Deadline {
   void expires_never();
   // The deadline passed (and cancelled what was pending) since it was last set.
   bool fired() const noexcept;
+
+  // Called by the current owner, before the new one can touch the socket (the
+  // hand-off that follows, a post, orders everything after it).
+  void hand_over(const boost::asio::any_io_executor& new_owner);
 
  private:
   struct State;

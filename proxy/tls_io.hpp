@@ -72,6 +72,10 @@ struct NbOp {
     error_code ec;
     IoWait w = IoWait::none;
     std::size_t n = attempt(ec, w);
+    // An expiry shuts the socket down and then cancels the wait; a wait that had
+    // already completed (the shutdown made the socket readable) lets this attempt
+    // meet the shutdown instead. That is the deadline's doing too.
+    if (ec && s->timed_out()) ec = s->waited(asio::error::operation_aborted);
     if (n == 0 && !ec && w != IoWait::none) {
       if (s->timed_out()) {
         self.complete(s->waited(asio::error::operation_aborted), 0);

@@ -72,6 +72,9 @@ class UpstreamStream {
   void expires_at(clock::time_point t) { deadline_.expires_at(t); }
   void expires_after(clock::duration d) { deadline_.expires_after(d); }
   void expires_never() { deadline_.expires_never(); }
+  // The connection changes hands (see Deadline::hand_over); the socket's own
+  // executor stays the one it was opened with.
+  void hand_over(const executor_type& new_owner) { deadline_.hand_over(new_owner); }
 
   // socket() was connected (by dial()): sets it up for the attempts below.
   error_code connected();
