@@ -73,6 +73,10 @@ class ClientStream {
   }
   bool timed_out() const noexcept { return deadline_.fired(); }
   error_code waited(error_code ec) const noexcept { return ec; }
+  // A connection that waits (between requests, mostly) holds no record buffers;
+  // one whose next request is already in the socket keeps them. A no-op while a
+  // record is partly read or written.
+  void before_wait() noexcept { SSL_free_buffers(ssl_); }
 
  private:
   socket_type socket_;

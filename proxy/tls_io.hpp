@@ -48,8 +48,9 @@ inline constexpr std::size_t kTlsGather = 16 * 1024;
 char* tls_gather_scratch();
 
 // The Asio operation behind async_read_some / async_write_some of a stream that
-// offers: socket(), read_nb/write_nb (as above), timed_out() and waited(ec) (the
-// error a wait that ended with ec reports).
+// offers: socket(), read_nb/write_nb (as above), timed_out(), waited(ec) (the
+// error a wait that ended with ec reports) and before_wait() (called before each
+// readiness wait).
 template <class Stream, class Buffers, bool Write>
 struct NbOp {
   Stream* s;
@@ -82,6 +83,7 @@ struct NbOp {
         return;
       }
       started = true;
+      s->before_wait();
       using socket = asio::ip::tcp::socket;
       s->socket().async_wait(w == IoWait::read ? socket::wait_read : socket::wait_write,
                              std::move(self));

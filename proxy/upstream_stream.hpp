@@ -107,6 +107,7 @@ class UpstreamStream {
   // For NbOp.
   bool timed_out() const noexcept { return deadline_.fired(); }
   error_code waited(error_code ec) const;
+  void before_wait() noexcept {}  // SSL_MODE_RELEASE_BUFFERS frees at each drained read
 
  private:
   socket_type socket_;

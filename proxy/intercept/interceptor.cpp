@@ -41,8 +41,9 @@ SSL_CTX* make_server_ctx() {
   SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
   if (!ctx) throw ConfigError("intercept: cannot create a TLS context: " + take_openssl_error());
   SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-  // No per-connection buffers while a client is idle between requests.
-  SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+  // No SSL_MODE_RELEASE_BUFFERS: it frees and re-allocates the 64 KiB read and the
+  // write buffer around every record, even when the next request is already in the
+  // socket. ClientStream gives them back only when the connection has to wait.
   SSL_CTX_set_options(
       ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
   SSL_CTX_set_alpn_select_cb(ctx, select_alpn, nullptr);
