@@ -92,6 +92,7 @@ asio::awaitable<ConnectOutcome> connect_upstream(asio::any_io_executor ex, const
     }
   }
   stream->expires_never();
+  stream->tune_for(protocol);
   out.conn = std::make_shared<UpstreamConn>(conn_id, std::move(stream), protocol);
   co_return out;
 }

@@ -42,6 +42,16 @@ UpstreamStream::~UpstreamStream() {
   if (ssl_) SSL_free(ssl_);
 }
 
+void UpstreamStream::tune_for(std::string_view protocol) noexcept {
+  if (!ssl_) return;
+  if (protocol == "h2") {
+    SSL_set_default_read_buffer_len(ssl_, 16 * 1024);
+    return;
+  }
+  SSL_clear_mode(ssl_, SSL_MODE_RELEASE_BUFFERS);
+  hold_buffers_ = true;
+}
+
 error_code UpstreamStream::waited(error_code ec) const {
   if (ec == asio::error::operation_aborted && timed_out()) return boost::beast::error::timeout;
   return ec;

@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstring>
 #include <memory>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -66,6 +67,18 @@ class UpstreamStream {
   // A no-op while a record is partly read or written (OpenSSL >= 3.0.14 also checks
   // decrypted, unread records).
   void release_tls_buffers() noexcept;
+  // Once ALPN has chosen (`protocol` as it names it):
+  // - HTTP/1.1: an exchange reads a head and a body, often with the next read's
+  //   bytes already in the socket, and SSL_MODE_RELEASE_BUFFERS (on the shared
+  //   context) would free and re-allocate 64 KiB around each record. From now on
+  //   they are freed only before a readiness wait (NbOp) and by
+  //   release_tls_buffers() at idle.
+  // - HTTP/2 keeps the mode (its reader reads to EAGAIN and then waits anyway) and
+  //   reads into 16 KiB. Before each record OpenSSL moves all the bytes still
+  //   buffered behind it to the buffer's front (payload alignment), so a 64 KiB
+  //   read-ahead full of many streams' small records costs a quadratic memmove:
+  //   measured up to 26k instructions per 1 KiB request.
+  void tune_for(std::string_view protocol) noexcept;
 
   // On expiry the pending operations fail with beast::error::timeout and the
   // socket is shut down.
@@ -107,13 +120,17 @@ class UpstreamStream {
   // For NbOp.
   bool timed_out() const noexcept { return deadline_.fired(); }
   error_code waited(error_code ec) const;
-  void before_wait() noexcept {}  // SSL_MODE_RELEASE_BUFFERS frees at each drained read
+  // HTTP/1.1 (tune_for): gives the record buffers back (see ClientStream).
+  void before_wait() noexcept {
+    if (hold_buffers_) SSL_free_buffers(ssl_);
+  }
 
  private:
   socket_type socket_;
   std::shared_ptr<asio::ssl::context> ctx_;  // keeps the SSL_CTX's callbacks alive
   std::shared_ptr<TlsSessions> sessions_;    // outlives ssl_, which points to it
   SSL* ssl_ = nullptr;
+  bool hold_buffers_ = false;
   Deadline deadline_;
 };
 
