@@ -230,7 +230,7 @@ struct H2Callbacks {
 // H2Stream
 
 void H2Stream::start_response_timer(std::chrono::steady_clock::duration timeout) {
-  asio::post(strand_, [self = shared_from_this(), timeout]() {
+  asio::dispatch(strand_, [self = shared_from_this(), timeout]() {
     if (self->final_head_ || self->closed_ || self->cancelled_) return;
     self->head_timer_.expires_after(timeout);
     self->head_timer_.async_wait([self](error_code ec) {

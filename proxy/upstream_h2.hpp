@@ -159,9 +159,12 @@ class H2Stream : public std::enable_shared_from_this<H2Stream> {
     bool last;
   };
 
+  // Onto the connection's strand: at once when already there (one event-loop
+  // thread, or a call from the strand), so an exchange's request for its head or
+  // body costs no queued handler. Completions are always posted (complete()).
   template <class F>
   void post_op(F&& f) {
-    asio::post(strand_, std::forward<F>(f));
+    asio::dispatch(strand_, std::forward<F>(f));
   }
   // Completes whatever pending operation the stream's state now allows.
   void progress();
