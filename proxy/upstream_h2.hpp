@@ -83,7 +83,7 @@ class H2Stream : public std::enable_shared_from_this<H2Stream> {
     return asio::async_initiate<Token, void(H2Outcome)>(
         [self = shared_from_this(), data, n, last](auto handler) {
           auto ex = asio::get_associated_executor(handler);
-          self->post_op(
+          self->run_on_strand(
               [self, data, n, last, ex,
                h = asio::any_completion_handler<void(H2Outcome)>(std::move(handler))]() mutable {
                 self->write_ = WriteOp{std::move(ex), std::move(h), data, n, last};
@@ -99,7 +99,7 @@ class H2Stream : public std::enable_shared_from_this<H2Stream> {
     return asio::async_initiate<Token, void(H2Head)>(
         [self = shared_from_this()](auto handler) {
           auto ex = asio::get_associated_executor(handler);
-          self->post_op(
+          self->run_on_strand(
               [self, ex,
                h = asio::any_completion_handler<void(H2Head)>(std::move(handler))]() mutable {
                 self->head_ = HeadOp{std::move(ex), std::move(h)};
@@ -120,7 +120,7 @@ class H2Stream : public std::enable_shared_from_this<H2Stream> {
     return asio::async_initiate<Token, void(H2Read)>(
         [self = shared_from_this(), buf, n, wait](auto handler) {
           auto ex = asio::get_associated_executor(handler);
-          self->post_op(
+          self->run_on_strand(
               [self, buf, n, wait, ex,
                h = asio::any_completion_handler<void(H2Read)>(std::move(handler))]() mutable {
                 self->read_ = ReadOp{std::move(ex), std::move(h), buf, n, wait};
@@ -163,7 +163,7 @@ class H2Stream : public std::enable_shared_from_this<H2Stream> {
   // thread, or a call from the strand), so an exchange's request for its head or
   // body costs no queued handler. Completions are always posted (complete()).
   template <class F>
-  void post_op(F&& f) {
+  void run_on_strand(F&& f) {
     asio::dispatch(strand_, std::forward<F>(f));
   }
   // Completes whatever pending operation the stream's state now allows.

@@ -122,7 +122,7 @@ class UpstreamStream {
   error_code waited(error_code ec) const;
   // HTTP/1.1 (tune_for): gives the record buffers back (see ClientStream).
   void before_wait() noexcept {
-    if (hold_buffers_) SSL_free_buffers(ssl_);
+    if (hold_buffers_) release_tls_buffers();
   }
 
  private:

@@ -42,24 +42,32 @@ struct ReadResult {
   bool fired = false;
 };
 
+// One read on p.near, the io_context running until it completes.
+ReadResult read_once(asio::io_context& ioc, Pair& p, const Deadline& d,
+                     clock_type::time_point start) {
+  std::array<char, 16> buf{};
+  ReadResult r;
+  p.near.async_read_some(asio::buffer(buf), [&](error_code ec, std::size_t n) {
+    r = {ec, n, clock_type::now() - start, d.fired()};
+  });
+  ioc.run_for(5s);
+  return r;
+}
+
 }  // namespace
 
 TEST_CASE("a deadline that passes cancels the pending read and shuts the socket down") {
   asio::io_context ioc;
   Pair p(ioc.get_executor(), ioc);
   Deadline d(ioc.get_executor(), p.near);
-  std::array<char, 16> buf{};
-  ReadResult r;
   const auto start = clock_type::now();
   d.expires_after(30ms);
-  p.near.async_read_some(asio::buffer(buf), [&](error_code ec, std::size_t n) {
-    r = {ec, n, clock_type::now() - start, d.fired()};
-  });
-  ioc.run_for(5s);
+  const ReadResult r = read_once(ioc, p, d, start);
   CHECK(r.ec == asio::error::operation_aborted);
   CHECK(r.fired);
   CHECK(r.took >= 30ms);
   // The peer sees the shutdown as the end of the stream.
+  std::array<char, 16> buf{};
   error_code ec;
   p.far.read_some(asio::buffer(buf), ec);
   CHECK(ec == asio::error::eof);
@@ -69,15 +77,10 @@ TEST_CASE("a deadline moved later waits for the later time; expires_never disarm
   asio::io_context ioc;
   Pair p(ioc.get_executor(), ioc);
   Deadline d(ioc.get_executor(), p.near);
-  std::array<char, 16> buf{};
-  ReadResult first;
   const auto start = clock_type::now();
   d.expires_after(20ms);
   d.expires_after(150ms);  // the 20 ms wait stays armed and re-arms when it fires
-  p.near.async_read_some(asio::buffer(buf), [&](error_code ec, std::size_t n) {
-    first = {ec, n, clock_type::now() - start, d.fired()};
-  });
-  ioc.run_for(5s);
+  const ReadResult first = read_once(ioc, p, d, start);
   CHECK(first.ec == asio::error::operation_aborted);
   CHECK(first.took >= 150ms);
   CHECK(first.fired);
@@ -86,15 +89,11 @@ TEST_CASE("a deadline moved later waits for the later time; expires_never disarm
   asio::io_context ioc2;
   Pair q(ioc2.get_executor(), ioc2);
   Deadline d2(ioc2.get_executor(), q.near);
-  ReadResult second;
   d2.expires_after(20ms);
   d2.expires_never();
   asio::steady_timer later(ioc2, 80ms);  // past the armed wait
   later.async_wait([&](error_code) { asio::write(q.far, asio::buffer("hi", 2)); });
-  q.near.async_read_some(asio::buffer(buf), [&](error_code ec, std::size_t n) {
-    second = {ec, n, {}, d2.fired()};
-  });
-  ioc2.run_for(5s);
+  const ReadResult second = read_once(ioc2, q, d2, clock_type::now());
   CHECK_FALSE(second.ec);
   CHECK(second.n == 2);
   CHECK_FALSE(second.fired);
