@@ -46,9 +46,9 @@ std::size_t tls_read_nb(SSL* ssl, void* data, std::size_t n, error_code& ec, IoW
   // One SSL_read gives at most one record (16 KiB); a 1 MiB body read that way
   // costs ~64 trips through the event loop and as many writes on the other side.
   // Records that have already arrived are taken together, up to n: those OpenSSL
-  // holds, and, after a full-size record (a large body is flowing), those in the
-  // socket. After a small one the socket is most likely empty, and asking would
-  // cost a recv.
+  // or its read BIO holds, and, after a full-size record (a large body is
+  // flowing), those in the socket. After a small one the socket is most likely empty, and asking
+  // would cost a recv.
   auto* p = static_cast<char*>(data);
   std::size_t got = 0;
   for (;;) {
@@ -57,7 +57,10 @@ std::size_t tls_read_nb(SSL* ssl, void* data, std::size_t n, error_code& ec, IoW
         SSL_read(ssl, p + got, static_cast<int>(std::min<std::size_t>(n - got, INT_MAX)));
     if (rv > 0) {
       got += static_cast<std::size_t>(rv);
-      if (got == n || (rv < kFullRecord && SSL_has_pending(ssl) != 1)) return got;
+      if (got == n) return got;
+      // A record BIO (record_bio.hpp) may hold records OpenSSL has not seen yet.
+      if (rv < kFullRecord && SSL_has_pending(ssl) != 1 && BIO_ctrl_pending(SSL_get_rbio(ssl)) == 0)
+        return got;
       continue;
     }
     if (got > 0) {

@@ -12,6 +12,8 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core/error.hpp>
 
+#include "record_bio.hpp"
+
 namespace upkeep {
 namespace {
 
@@ -44,12 +46,17 @@ UpstreamStream::~UpstreamStream() {
 
 void UpstreamStream::tune_for(std::string_view protocol) noexcept {
   if (!ssl_) return;
-  if (protocol == "h2") {
-    SSL_set_default_read_buffer_len(ssl_, 16 * 1024);
-    return;
-  }
   SSL_clear_mode(ssl_, SSL_MODE_RELEASE_BUFFERS);
-  hold_buffers_ = true;
+  tuned_ = true;
+  if (protocol == "h2") {
+    if (BIO* rb = record_bio_new(socket_.native_handle())) {
+      // Bytes read ahead are in OpenSSL's buffer, not in the socket BIO, so the
+      // swap loses none; the socket BIO stays as the write side.
+      SSL_set0_rbio(ssl_, rb);
+      record_bio_ = rb;
+      SSL_set_default_read_buffer_len(ssl_, 16 * 1024);  // one record is all it holds now
+    }
+  }
 }
 
 error_code UpstreamStream::waited(error_code ec) const {
@@ -72,6 +79,7 @@ void UpstreamStream::resume_from(std::shared_ptr<TlsSessions> sessions) {
 
 asio::awaitable<error_code> UpstreamStream::wait(Wait w) {
   if (timed_out()) co_return boost::beast::error::timeout;
+  before_wait();
   auto [ec] = co_await socket_.async_wait(
       w == Wait::write ? socket_type::wait_write : socket_type::wait_read, use_tuple);
   co_return waited(ec);
@@ -124,7 +132,9 @@ UpstreamStream::Idle UpstreamStream::check_idle() noexcept {
 }
 
 void UpstreamStream::release_tls_buffers() noexcept {
-  if (ssl_) SSL_free_buffers(ssl_);
+  if (!ssl_) return;
+  SSL_free_buffers(ssl_);
+  if (record_bio_) record_bio_release_buffer(record_bio_);
 }
 
 std::size_t UpstreamStream::write_nb(const void* data, std::size_t n, error_code& ec, Wait& wait) {

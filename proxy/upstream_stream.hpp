@@ -60,24 +60,20 @@ class UpstreamStream {
   // buffer where no readiness wait sees it; it is found here too.
   enum class Idle : unsigned char { quiet, fin, close_notify, stray_bytes, error };
   Idle check_idle() noexcept;
-  // Gives OpenSSL's record buffers (about 16 KiB to read) back while the connection
-  // is idle. SSL_MODE_RELEASE_BUFFERS frees them only at a read that finds nothing;
-  // an HTTP/1.1 exchange stops reading at the response's end, so every idle pooled
-  // connection kept one (HTTP/2's reader always reads to EAGAIN and needs no call).
-  // A no-op while a record is partly read or written (OpenSSL >= 3.0.14 also checks
-  // decrypted, unread records).
+  // Gives the record buffers (OpenSSL's, about 16 KiB to read, and the record
+  // BIO's) back while the connection is idle or waiting. A no-op while a record is
+  // partly read or written (OpenSSL >= 3.0.14 also checks decrypted, unread
+  // records).
   void release_tls_buffers() noexcept;
-  // Once ALPN has chosen (`protocol` as it names it):
-  // - HTTP/1.1: an exchange reads a head and a body, often with the next read's
-  //   bytes already in the socket, and SSL_MODE_RELEASE_BUFFERS (on the shared
-  //   context) would free and re-allocate 64 KiB around each record. From now on
-  //   they are freed only before a readiness wait (NbOp) and by
-  //   release_tls_buffers() at idle.
-  // - HTTP/2 keeps the mode (its reader reads to EAGAIN and then waits anyway) and
-  //   reads into 16 KiB. Before each record OpenSSL moves all the bytes still
-  //   buffered behind it to the buffer's front (payload alignment), so a 64 KiB
-  //   read-ahead full of many streams' small records costs a quadratic memmove:
-  //   measured up to 26k instructions per 1 KiB request.
+  // Once ALPN has chosen (`protocol` as it names it). An exchange reads a head and
+  // a body, often with the next read's bytes already there, and
+  // SSL_MODE_RELEASE_BUFFERS (on the shared context) would free and re-allocate
+  // the record buffers around each record. From now on they are freed only before
+  // a readiness wait (NbOp, H2Conn's reader) and by release_tls_buffers() at idle.
+  // HTTP/2 also reads through a record BIO (record_bio.hpp): its recv brings many
+  // streams' small records at once, which OpenSSL's own read-ahead moves around
+  // quadratically. HTTP/1.1 keeps the socket BIO, reading ahead 64 KiB: one
+  // response in flight seldom leaves a second record behind the first.
   void tune_for(std::string_view protocol) noexcept;
 
   // On expiry the pending operations fail with beast::error::timeout and the
@@ -96,7 +92,8 @@ class UpstreamStream {
   void resume_from(std::shared_ptr<TlsSessions> sessions);
   // The client handshake; SNI, verification and ALPN are set on ssl() before.
   asio::awaitable<error_code> handshake();
-  // Waits until the socket is ready for `w`, within the deadline.
+  // Waits until the socket is ready for `w`, within the deadline (before_wait()
+  // first).
   asio::awaitable<error_code> wait(Wait w);
 
   // One non-blocking attempt: the bytes moved, or 0 with either an error or `wait`
@@ -120,9 +117,9 @@ class UpstreamStream {
   // For NbOp.
   bool timed_out() const noexcept { return deadline_.fired(); }
   error_code waited(error_code ec) const;
-  // HTTP/1.1 (tune_for): gives the record buffers back (see ClientStream).
+  // After tune_for(): gives the record buffers back (see ClientStream).
   void before_wait() noexcept {
-    if (hold_buffers_) release_tls_buffers();
+    if (tuned_) release_tls_buffers();
   }
 
  private:
@@ -130,7 +127,8 @@ class UpstreamStream {
   std::shared_ptr<asio::ssl::context> ctx_;  // keeps the SSL_CTX's callbacks alive
   std::shared_ptr<TlsSessions> sessions_;    // outlives ssl_, which points to it
   SSL* ssl_ = nullptr;
-  bool hold_buffers_ = false;
+  bool tuned_ = false;
+  BIO* record_bio_ = nullptr;  // HTTP/2's read BIO (owned by ssl_), or null
   Deadline deadline_;
 };
 
