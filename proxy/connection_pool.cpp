@@ -1,5 +1,6 @@
 #include "connection_pool.hpp"
 
+#include <algorithm>
 #include <atomic>
 
 #include <boost/asio/co_spawn.hpp>
@@ -128,21 +129,7 @@ void ConnectionPool::run(pool::Actions& actions) {
           if constexpr (std::is_same_v<T, pool::StartConnect>) {
             start_connect(a.conn);
           } else if constexpr (std::is_same_v<T, pool::Grant>) {
-            auto it = conns_.find(a.conn);
-            if (it == conns_.end()) return;  // cannot happen: the core only grants known ones
-            m_.streams.add(1);
-            if (auto& h2 = it->second.h2) {
-              ++h2->exchanges;
-              complete(a.waiter, Lease::of(h2, a.reused));
-              return;
-            }
-            auto& conn = it->second.h1;
-            // Stop the idle watch; the wait's completion sees the new generation and ignores.
-            ++conn->watch_generation;
-            error_code ignored;
-            conn->stream().socket().cancel(ignored);
-            ++conn->exchanges;
-            complete(a.waiter, Lease::of(conn, a.reused));
+            if (auto lease = take_grant(a)) complete(a.waiter, std::move(*lease));
           } else if constexpr (std::is_same_v<T, pool::Fail>) {
             errc e = errc::internal;
             switch (a.reason) {
@@ -174,6 +161,47 @@ void ConnectionPool::run(pool::Actions& actions) {
   }
   publish_gauges();
   arm_timer();
+}
+
+std::optional<Lease> ConnectionPool::take_grant(const pool::Grant& g) {
+  auto it = conns_.find(g.conn);
+  if (it == conns_.end()) return std::nullopt;  // cannot happen: the core only grants known ones
+  m_.streams.add(1);
+  if (auto& h2 = it->second.h2) {
+    ++h2->exchanges;
+    return Lease::of(h2, g.reused);
+  }
+  auto& conn = it->second.h1;
+  // Stop the idle watch; the wait's completion sees the new generation and ignores.
+  ++conn->watch_generation;
+  error_code ignored;
+  conn->stream().socket().cancel(ignored);
+  ++conn->exchanges;
+  return Lease::of(conn, g.reused);
+}
+
+bool ConnectionPool::try_acquire_now(bool fresh_only, const asio::any_io_executor& caller,
+                                     Lease& out) {
+  if (threads_ != 1 || !ioex_.running_in_this_thread()) return false;
+  pool::Actions actions;
+  const auto id = core_.try_acquire(std::chrono::steady_clock::now(), fresh_only, actions);
+  std::optional<Lease> lease;
+  if (id) {
+    // Taken out of the actions: the others (stale idle connections closed on the
+    // way) are carried out as usual.
+    auto it = std::find_if(actions.begin(), actions.end(), [&](const pool::Action& a) {
+      const auto* g = std::get_if<pool::Grant>(&a);
+      return g != nullptr && g->waiter == *id;
+    });
+    lease = take_grant(std::get<pool::Grant>(*it));
+    actions.erase(it);
+  }
+  run(actions);
+  if (!lease) return false;
+  if (lease->conn) lease->conn->stream().hand_over(caller);
+  metrics::Registry::get().pool_wait_seconds.observe(0.0);
+  out = std::move(*lease);
+  return true;
 }
 
 void ConnectionPool::complete(pool::WaiterId w, Lease lease) {

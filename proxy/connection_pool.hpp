@@ -84,6 +84,11 @@ class ConnectionPool : public std::enable_shared_from_this<ConnectionPool> {
         token, fresh_only);
   }
 
+  // async_acquire without the round trip, when the pool runs on the calling thread
+  // (one event-loop thread) and has a connection to grant at once: true with `out`
+  // set. caller: the executor the lease is used on.
+  bool try_acquire_now(bool fresh_only, const asio::any_io_executor& caller, Lease& out);
+
   // The exchange on conn is over. reusable=false closes it with `reason`.
   // idle_hint: the server's Keep-Alive timeout, if it gave one.
   // then: runs on the pool's strand once the pool has taken the connection back (a
@@ -119,6 +124,7 @@ class ConnectionPool : public std::enable_shared_from_this<ConnectionPool> {
   void start_connect(pool::ConnId id);
   void on_connected(pool::ConnId id, ConnectOutcome outcome);
   void complete(pool::WaiterId w, Lease lease);
+  std::optional<Lease> take_grant(const pool::Grant& g);
   void watch_idle(pool::ConnId id);
   // Closes an idle connection the server has ended (true), or leaves it (false).
   bool evict_if_done(pool::ConnId id, UpstreamConn& conn);

@@ -1,6 +1,7 @@
 #include <optional>
 
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core/string.hpp>
 #include <boost/beast/http/read.hpp>
@@ -76,8 +77,11 @@ asio::awaitable<bool> ClientSession::exchange(RequestParser& parser, const Snaps
   h2x.expect_continue = expect_continue;
   h2x.client_trailers = client_trailers;
 
+  const auto session_ex = co_await asio::this_coro::executor;
   for (;;) {
-    Lease lease = co_await pool->async_acquire(fresh_only, asio::use_awaitable);
+    Lease lease;
+    if (!pool->try_acquire_now(fresh_only, session_ex, lease))
+      lease = co_await pool->async_acquire(fresh_only, asio::use_awaitable);
     e.queue_wait += lease.waited;
     if (lease.error != errc::ok) {
       co_await send_error(lease.error, version, has_body, e, lease.detail);

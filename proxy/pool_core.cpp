@@ -267,6 +267,17 @@ WaiterId PoolCore::acquire(TimePoint now, bool fresh_only, Actions& out) {
   return id;
 }
 
+std::optional<WaiterId> PoolCore::try_acquire(TimePoint now, bool fresh_only, Actions& out) {
+  if (shutting_down_) return std::nullopt;
+  if (auto it = find_grantable(now, fresh_only, out)) {
+    const WaiterId id = next_waiter_++;
+    grant(*it, id, out);
+    return id;
+  }
+  if (!out.empty()) pump(out);  // stale idle connections were closed on the way
+  return std::nullopt;
+}
+
 void PoolCore::cancel(WaiterId waiter, Actions& out) {
   (void)out;
   for (Queue* q : {&any_, &fresh_}) {

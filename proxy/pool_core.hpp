@@ -126,6 +126,11 @@ class PoolCore {
   // fresh_only: only a connection that has neither carried an exchange nor waited
   // idle will do (the one-time retry after a failure on a reused connection).
   WaiterId acquire(TimePoint now, bool fresh_only, Actions& out);
+  // The same when a connection can be granted at once: appends that Grant (after
+  // any Close for stale idle connections on the way) and returns its waiter id.
+  // Otherwise queues nothing and returns nullopt; what it appended still has to be
+  // carried out.
+  std::optional<WaiterId> try_acquire(TimePoint now, bool fresh_only, Actions& out);
   // The waiter went away (client hung up) before a Grant; no action is emitted for it later.
   void cancel(WaiterId waiter, Actions& out);
 

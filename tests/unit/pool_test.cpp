@@ -73,6 +73,20 @@ struct Harness {
     absorb(out);
     return w;
   }
+  // The owner's fast path: a grant at once, or nothing queued.
+  std::optional<WaiterId> try_acquire(bool fresh = false) {
+    Actions out;
+    const std::size_t pending = pool.pending();
+    const auto w = pool.try_acquire(now, fresh, out);
+    if (w) {
+      REQUIRE(waiters.count(*w) == 0);
+      waiters[*w] = WaiterModel{fresh};
+    }
+    absorb(out);
+    if (w) REQUIRE(granted.count(*w) == 1);
+    REQUIRE(pool.pending() <= pending);
+    return w;
+  }
   void cancel(WaiterId w) {
     Actions out;
     pool.cancel(w, out);
@@ -302,6 +316,26 @@ TEST_CASE("a ready connection is granted at once, and reused") {
   CHECK(h.last.size() == 1);
 }
 
+TEST_CASE("try_acquire grants a ready connection at once, and queues nothing otherwise") {
+  Harness h(limits_with(1));
+  CHECK_FALSE(h.try_acquire());
+  CHECK(h.last.empty());  // no connect started for it
+  CHECK(h.pool.pending() == 0);
+  const WaiterId w1 = h.acquire();
+  h.connected(h.only<StartConnect>().conn);
+  CHECK(h.only<Grant>().waiter == w1);
+  CHECK_FALSE(h.try_acquire());  // busy
+  h.release(w1);
+  const auto w2 = h.try_acquire();
+  REQUIRE(w2);
+  CHECK(h.only<Grant>().reused);
+  h.release(*w2);
+  // An idle connection past its idle deadline is closed on the way, not granted.
+  h.now += 1h;
+  CHECK_FALSE(h.try_acquire());
+  CHECK(h.only<Close>().reason == CloseReason::idle_timeout);
+}
+
 TEST_CASE("grants are FIFO") {
   Harness h(limits_with(2));
   std::vector<WaiterId> ws;
@@ -380,7 +414,8 @@ TEST_CASE("the bound holds under 1000 waiters and a random interleaving") {
       REQUIRE(++steps < 200000);
       const std::size_t r = pick(100);
       if (r < 30 && issued < 1000) {
-        h.acquire(pick(20) == 0);
+        const bool fresh = pick(20) == 0;
+        if (pick(2) == 0 || !h.try_acquire(fresh)) h.acquire(fresh);
         ++issued;
       } else if (r < 50 && !h.to_connect.empty()) {
         const ConnId c = h.to_connect[pick(h.to_connect.size())];
