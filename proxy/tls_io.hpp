@@ -30,6 +30,7 @@ enum class IoWait : unsigned char { none, read, write };
 
 // SSL_get_error after a failed call, as an Asio error or a wait. close_notify is
 // asio::error::eof; a TCP close without one is asio::ssl::error::stream_truncated.
+// After an error the thread's error queue is empty.
 error_code tls_error(SSL* ssl, int rv, IoWait& wait);
 
 // One non-blocking attempt: the bytes moved, or 0 with either an error or `wait`

@@ -116,16 +116,14 @@ UpstreamStream::Idle UpstreamStream::check_idle() noexcept {
     return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? Idle::quiet : Idle::error;
   }
   if (SSL_get_shutdown(ssl_) & SSL_RECEIVED_SHUTDOWN) return Idle::close_notify;
-  ERR_clear_error();
   char b;
   // A peek: records that carry no application data (tickets, KeyUpdate) are
   // consumed by OpenSSL; application bytes would stay, but they evict anyway.
   const int rv = SSL_peek(ssl_, &b, 1);
   if (rv > 0) return Idle::stray_bytes;
   Wait w = Wait::none;
-  const error_code ec = tls_error(ssl_, rv, w);
-  ERR_clear_error();
-  if (!ec) return Idle::quiet;  // wants more bytes (or to write a KeyUpdate reply)
+  const error_code ec = tls_error(ssl_, rv, w);  // leaves no error queued
+  if (!ec) return Idle::quiet;                   // wants more bytes (or to write a KeyUpdate reply)
   if (ec == asio::error::eof) return Idle::close_notify;
   if (ec == asio::ssl::error::stream_truncated) return Idle::fin;
   return Idle::error;
