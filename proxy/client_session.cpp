@@ -146,8 +146,8 @@ asio::awaitable<bool> ClientSession::handle(RequestParser& parser, const Snapsho
   const std::string_view host =
       it_host == req.end() ? std::string_view() : std::string_view(it_host->value());
   if (intercepted_) e.url = intercepted_url(req.target(), *intercepted_);
-  auto routed = intercepted_ ? snap.router->route_intercepted(req.target(), host, *intercepted_)
-                             : snap.router->route(req.target(), host);
+  auto routed = route_cached(last_route_, snap.router, req.target(), host,
+                             intercepted_ ? &*intercepted_ : nullptr);
   if (auto* err = std::get_if<errc>(&routed)) {
     // A 400 always closes (SPEC.md): after a malformed request nothing that follows
     // on the connection can be trusted to be framed as the client meant.
@@ -155,7 +155,7 @@ asio::awaitable<bool> ClientSession::handle(RequestParser& parser, const Snapsho
     co_await send_error(*err, version, close, e);
     co_return !close && req.keep_alive();
   }
-  co_return co_await exchange(parser, snap, std::get<RouteDecision>(routed), e);
+  co_return co_await exchange(parser, snap, *std::get<RouteDecision*>(routed), e);
 }
 
 }  // namespace upkeep::downstream

@@ -144,6 +144,9 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   // The CONNECT whose TLS this session terminated: every request since comes from
   // inside it and must name this host and port.
   std::optional<HostPort> intercepted_;
+  LastRoute last_route_;  // see route_cached
+  std::shared_ptr<ConnectionPool> last_pool_;
+  uint64_t last_pool_route_ = 0;  // the last_route_.generation last_pool_ is for
   beast::flat_buffer buffer_;
   // Taken for an exchange and given back while the client idles, so an idle
   // keep-alive connection costs a few hundred bytes, not a body buffer.

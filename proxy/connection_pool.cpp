@@ -89,6 +89,7 @@ void ConnectionPool::release_id(pool::ConnId id, bool reusable, pool::CloseReaso
 }
 
 void ConnectionPool::shutdown() {
+  retired_.store(true, std::memory_order_relaxed);
   asio::dispatch(strand_, [self = shared_from_this()]() {
     pool::Actions actions;
     self->core_.shutdown(actions);
@@ -97,6 +98,7 @@ void ConnectionPool::shutdown() {
 }
 
 void ConnectionPool::retire() {
+  retired_.store(true, std::memory_order_relaxed);
   asio::dispatch(strand_, [self = shared_from_this()]() {
     pool::Actions actions;
     auto now = std::chrono::steady_clock::now();

@@ -4,6 +4,7 @@
 // back with release(); both hop onto the pool's strand.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <functional>
 #include <memory>
@@ -103,6 +104,8 @@ class ConnectionPool : public std::enable_shared_from_this<ConnectionPool> {
   // Reload: the origin is now reached differently. Its connections take no new
   // exchanges and close as their current ones end; queued waiters are still served.
   void retire();
+  // retire() or shutdown() was called: the registry no longer hands this pool out.
+  bool retired() const noexcept { return retired_.load(std::memory_order_relaxed); }
   // Reload: same origin, new limits/timeouts for later decisions; warm connections stay.
   void update(const UpstreamSettings& settings, std::shared_ptr<const Router> router);
   // Opens the warm connections the limits ask for (a new pool has no event yet
@@ -155,6 +158,7 @@ class ConnectionPool : public std::enable_shared_from_this<ConnectionPool> {
   std::string last_connect_detail_;  // shown to clients for parent_proxy_failed
   std::shared_ptr<TlsSessions> sessions_ = std::make_shared<TlsSessions>();
   std::optional<std::chrono::steady_clock::time_point> timer_at_;
+  std::atomic<bool> retired_{false};
 };
 
 // What a request looked like that led to a pool, so a reload can route it again

@@ -57,7 +57,12 @@ asio::awaitable<bool> ClientSession::exchange(RequestParser& parser, const Snaps
   prepare_upstream_request(up, d.path, d.host_header);
   if (has_body && parser.chunked()) up.set(http::field::transfer_encoding, "chunked");
 
-  auto pool = rt_->pools.get(d.origin, s, snap.router, req.target(), req[http::field::host]);
+  // The pool of the last exchange while the route is the same decision.
+  if (!last_pool_ || last_pool_route_ != last_route_.generation || last_pool_->retired()) {
+    last_pool_ = rt_->pools.get(d.origin, s, snap.router, req.target(), req[http::field::host]);
+    last_pool_route_ = last_route_.generation;
+  }
+  const std::shared_ptr<ConnectionPool> pool = last_pool_;
   auto& om = pool->metrics();
   e.origin = om.label;
   bool fresh_only = false;

@@ -373,4 +373,40 @@ Routed<HostPort> Router::route_connect(std::string_view authority) const {
   return HostPort{std::move(a->host), *a->port};
 }
 
+Routed<RouteDecision*> route_cached(LastRoute& last, const std::shared_ptr<const Router>& router,
+                                    std::string_view target, std::string_view host_header,
+                                    const HostPort* intercepted) {
+  const bool origin_form = !target.empty() && target.front() == '/';
+  std::string_view key = host_header;
+  std::string_view rest = target;
+  if (!origin_form) {
+    const auto scheme_end = target.find("://");
+    const auto end = scheme_end == std::string_view::npos
+                         ? scheme_end
+                         : target.find_first_of("/?#", scheme_end + 3);
+    key = target.substr(0, end);
+    rest = end == std::string_view::npos ? std::string_view{} : target.substr(end);
+  }
+  // Everything but the path was checked when the key was first routed.
+  if (last.router == router && last.intercepted == (intercepted != nullptr) &&
+      last.origin_form == origin_form && last.key == key) {
+    if (!valid_path(rest)) return errc::bad_request;
+    std::string& path = last.decision.path;
+    path.clear();
+    if (rest.empty() || rest.front() == '?') path.push_back('/');
+    path.append(rest);
+    return &last.decision;
+  }
+  auto routed = intercepted ? router->route_intercepted(target, host_header, *intercepted)
+                            : router->route(target, host_header);
+  if (auto* err = std::get_if<errc>(&routed)) return *err;
+  last.router = router;
+  last.intercepted = intercepted != nullptr;
+  last.origin_form = origin_form;
+  last.key.assign(key);
+  last.decision = std::move(std::get<RouteDecision>(routed));
+  ++last.generation;
+  return &last.decision;
+}
+
 }  // namespace upkeep

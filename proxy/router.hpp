@@ -64,6 +64,27 @@ class Router {
   std::shared_ptr<const Config> cfg_;
 };
 
+// The last route one client connection's requests took. Programs call the same
+// API in a loop, so the next request most often names the same origin: then it
+// costs a compare and a path check instead of parsing, access rules, route
+// matching and a new pool key (see route_cached).
+struct LastRoute {
+  std::shared_ptr<const Router> router;  // keeps decision.settings valid
+  bool intercepted = false;
+  bool origin_form = false;
+  std::string key;  // scheme and authority as sent, or the Host header (origin-form)
+  RouteDecision decision;
+  uint64_t generation = 0;  // bumped whenever `decision` is routed afresh
+};
+
+// router->route() (or route_intercepted() for a request inside `intercepted`)
+// through `last`: a request with the same key under the same Router takes the
+// last decision with its own path. The decision returned lives in `last` until
+// the next call.
+Routed<RouteDecision*> route_cached(LastRoute& last, const std::shared_ptr<const Router>& router,
+                                    std::string_view target, std::string_view host_header,
+                                    const HostPort* intercepted);
+
 // Host pattern match: exact (case-insensitive) or "*.example.com" (any subdomain,
 // not example.com itself) or "*" (anything).
 bool host_matches(std::string_view pattern, std::string_view host) noexcept;

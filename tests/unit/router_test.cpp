@@ -572,12 +572,79 @@ TEST_CASE("requests inside an intercepted CONNECT must name its host and port") 
 
   CHECK(err(r.route_intercepted("/v1", "api.example.com", connect)) == errc::misdirected);
   CHECK(err(r.route_intercepted("/v1", "other.example.com:8443", connect)) == errc::misdirected);
-  CHECK(err(r.route_intercepted("http://api.example.com:8443/", "", connect)) ==
-        errc::misdirected);
+  CHECK(err(r.route_intercepted("http://api.example.com:8443/", "", connect)) == errc::misdirected);
   CHECK(err(r.route_intercepted("/v1", "", connect)) == errc::bad_request);
 
   const HostPort on443{"api.example.com", 443};
   auto p = ok(r.route_intercepted("/", "api.example.com", on443));
   CHECK(p.origin.port == 443);
   CHECK(p.host_header == "api.example.com");
+}
+
+TEST_CASE("route_cached decides exactly as route() does, over a mixed sequence") {
+  Config c;
+  c.upstream.tls = false;
+  c.access.allow = {"*"};
+  c.access.deny = {"denied.example.com"};
+  Route api = route_for("api.example.com");
+  api.upstream.tls = true;
+  api.upstream.port_map = {{80, 443}};
+  c.routes.push_back(api);
+  auto r = std::make_shared<const Router>(make(c));
+  struct Req {
+    const char* target;
+    const char* host;
+  };
+  const std::vector<Req> reqs{
+      {"http://api.example.com/v1/a", ""},      {"http://api.example.com/v1/b?x=1", ""},
+      {"http://api.example.com", ""},           {"http://api.example.com?q=2", ""},
+      {"http://api.example.com/bad path", ""},  {"http://api.example.com/frag#x", ""},
+      {"http://api.example.com/v1/c", ""},      {"http://API.example.com/v1/d", ""},
+      {"http://api.example.com:8080/v1/e", ""}, {"/origin/form", "api.example.com"},
+      {"/origin/other?y", "api.example.com"},   {"/origin/form", "other.example.com"},
+      {"/bad\x01", "other.example.com"},        {"http://denied.example.com/", ""},
+      {"http://denied.example.com/again", ""},  {"/x", ""},
+      {"ftp://api.example.com/", ""},           {"http://other.example.com/z", ""},
+  };
+  LastRoute last;
+  uint64_t generation = last.generation;
+  for (int round = 0; round < 2; ++round) {
+    for (const auto& q : reqs) {
+      CAPTURE(q.target);
+      CAPTURE(q.host);
+      const auto want = r->route(q.target, q.host);
+      const auto got = route_cached(last, r, q.target, q.host, nullptr);
+      if (const auto* e = std::get_if<errc>(&want)) {
+        REQUIRE(std::holds_alternative<errc>(got));
+        CHECK(std::get<errc>(got) == *e);
+        continue;
+      }
+      REQUIRE(std::holds_alternative<RouteDecision*>(got));
+      const RouteDecision& w = std::get<RouteDecision>(want);
+      const RouteDecision& g = *std::get<RouteDecision*>(got);
+      CHECK(g.origin == w.origin);
+      CHECK(g.settings == w.settings);
+      CHECK(g.host_header == w.host_header);
+      CHECK(g.path == w.path);
+    }
+  }
+  // Same origin, new path: the decision is reused, not routed again.
+  REQUIRE(std::holds_alternative<RouteDecision*>(
+      route_cached(last, r, "http://other.example.com/1", "", nullptr)));
+  generation = last.generation;
+  REQUIRE(std::holds_alternative<RouteDecision*>(
+      route_cached(last, r, "http://other.example.com/2", "", nullptr)));
+  CHECK(last.generation == generation);
+  CHECK(last.decision.path == "/2");
+  // Another Router (a reload) routes afresh, even for the same key.
+  auto r2 = std::make_shared<const Router>(make(c));
+  REQUIRE(std::holds_alternative<RouteDecision*>(
+      route_cached(last, r2, "http://other.example.com/3", "", nullptr)));
+  CHECK(last.generation == generation + 1);
+  // So does the same key inside an intercepted CONNECT.
+  const HostPort connect{"other.example.com", 443};
+  auto in = route_cached(last, r2, "https://other.example.com/4", "", &connect);
+  REQUIRE(std::holds_alternative<RouteDecision*>(in));
+  CHECK(std::get<RouteDecision*>(in)->origin.tls);
+  CHECK(last.generation == generation + 2);
 }
