@@ -93,7 +93,7 @@ asio::awaitable<void> ClientSession::run() {
     parser.header_limit(static_cast<std::uint32_t>(limits.max_header_bytes));
     parser.body_limit(boost::none);
     stream_.expires_after(limits.client_header_timeout);
-    auto [ec, n] = co_await http::async_read_header(stream_, buffer_, parser, use_tuple);
+    error_code ec = co_await read_header(parser);
     stream_.expires_never();
     if (ec) {
       if (ec == http::error::end_of_stream || ec == beast::error::timeout ||
@@ -112,6 +112,35 @@ asio::awaitable<void> ClientSession::run() {
     }
     metrics::Registry::get().downstream_requests.inc();
     if (!co_await handle(parser, *snap)) co_return;
+  }
+}
+
+// What http::async_read_header does, without its composed operation when the head
+// is already in buffer_ (nearly always: it came with the read that ended the idle
+// wait): the parser runs on the buffered bytes at once, and the socket is read only
+// for a head that is not all there yet.
+asio::awaitable<error_code> ClientSession::read_header(RequestParser& parser) {
+  error_code ec;
+  for (;;) {
+    if (buffer_.size() > 0) {
+      const std::size_t used = parser.put(buffer_.data(), ec);
+      buffer_.consume(used);
+      if (!ec && parser.is_header_done()) co_return ec;
+      if (ec && ec != http::error::need_more) co_return ec;
+      const bool more = !ec && used > 0;  // taken in parts: parse the rest
+      ec = {};
+      if (more) continue;
+    }
+    const std::size_t room = beast::read_size(buffer_, 65536);
+    if (room == 0) co_return http::error::buffer_overflow;
+    auto [rec, n] = co_await stream_.async_read_some(buffer_.prepare(room), use_tuple);
+    if (rec == asio::error::eof) {
+      if (!parser.got_some()) co_return http::error::end_of_stream;
+      parser.put_eof(ec);
+      co_return ec ? ec : http::error::partial_message;
+    }
+    if (rec) co_return rec;
+    buffer_.commit(n);
   }
 }
 

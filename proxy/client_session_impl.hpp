@@ -103,6 +103,8 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
     auto ep = stream_.socket().remote_endpoint(ec);
     if (!ec) client_ = ep.address().to_string() + ":" + std::to_string(ep.port());
     stream_.socket().set_option(tcp::no_delay(true), ec);
+    // For ClientStream::try_write; Asio's own operations do not depend on it.
+    stream_.socket().non_blocking(true, ec);
   }
 
   asio::awaitable<void> run();
@@ -110,6 +112,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
  private:
   using RequestParser = http::request_parser<http::buffer_body>;
 
+  asio::awaitable<error_code> read_header(RequestParser& parser);
   asio::awaitable<bool> handle(RequestParser& parser, const Snapshot& snap);
   // A CONNECT request; true when the loop goes on, reading requests inside the
   // client's TLS (intercepted_ is set then).

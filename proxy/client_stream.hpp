@@ -5,6 +5,7 @@
 #pragma once
 
 #include <chrono>
+#include <span>
 #include <utility>
 
 #include <openssl/ssl.h>
@@ -62,6 +63,20 @@ class ClientStream {
           NbOp<ClientStream, ConstBuffers, true>{this, b}, token, socket_);
     }
     return socket_.async_write_some(b, std::forward<Token>(token));
+  }
+
+  // One non-blocking attempt to write `bufs` (gathered, as async_write_some would):
+  // the bytes taken, 0 when the socket must drain first; an error in ec. Needs the
+  // socket in non-blocking mode (ClientSession sets it).
+  std::size_t try_write(std::span<const boost::asio::const_buffer> bufs, error_code& ec) {
+    if (ssl_) {
+      IoWait w = IoWait::none;
+      return NbOp<ClientStream, std::span<const boost::asio::const_buffer>, true>{this, bufs}
+          .attempt(ec, w);
+    }
+    const std::size_t n = socket_.write_some(bufs, ec);
+    if (ec == boost::asio::error::would_block || ec == boost::asio::error::try_again) ec = {};
+    return n;
   }
 
   // For NbOp: TLS only.

@@ -51,8 +51,21 @@ asio::awaitable<error_code> ClientSession::write_piece(std::string_view head,
   if (!body.empty()) bufs[nb++] = asio::buffer(body.data(), body.size());
   if (frame && !frame->tail.empty()) bufs[nb++] = asio::buffer(frame->tail);
   if (nb == 0) co_return error_code{};
-  auto [ec, n] = co_await asio::async_write(stream_, std::span(bufs.data(), nb), use_tuple);
-  co_return ec;
+  // Most pieces fit in the socket's send buffer: one attempt at once, and the
+  // composed write only for what it did not take.
+  error_code ec;
+  std::size_t sent = stream_.try_write(std::span(bufs.data(), nb), ec);
+  if (ec) co_return ec;
+  std::size_t first = 0;
+  while (first < nb && sent >= bufs[first].size()) {
+    sent -= bufs[first].size();
+    ++first;
+  }
+  if (first == nb) co_return error_code{};
+  bufs[first] += sent;
+  auto [wec, n] =
+      co_await asio::async_write(stream_, std::span(bufs.data() + first, nb - first), use_tuple);
+  co_return wec;
 }
 
 // 1xx heads go to HTTP/1.1 clients only (RFC 9110 §15.2: not to 1.0 clients).

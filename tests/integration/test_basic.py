@@ -131,6 +131,28 @@ class BasicTest(UpkeepTestCase):
             c.request("GET", "http://origin.test/1k")
             self.assertPattern(c.read_response().body, 1024)
 
+    def test_head_completed_by_a_later_read(self):
+        # The second head arrives partly with the first request and is only finished
+        # after the first response has been read: the proxy must hold the part it
+        # already parsed and go on with the rest (here cut inside a header name, and
+        # once more between CR and LF).
+        up = self.upkeep()
+        second = client.build_request("GET", "http://fault.origin.test/ok?size=77",
+                                      [("X-Split-Here", "1")])
+        cut = second.index(b"Split") + 2
+        with Conn(up.port) as c:
+            c.send(client.build_request("GET", "http://origin.test/1k") + second[:cut])
+            r = c.read_response()
+            self.assertEqual(r.status, 200, r)
+            self.assertPattern(r.body, 1024)
+            c.send(second[cut:-1])
+            c.send(second[-1:])
+            r = c.read_response()
+            self.assertEqual(r.status, 200, r)
+            self.assertPattern(r.body, 77)
+        rec = self.origin.requests_for("/ok")[0]
+        self.assertEqual(rec.header("x-split-here"), ["1"])
+
     def test_http10_client(self):
         up = self.upkeep()
         with Conn(up.port) as c:
