@@ -8,6 +8,7 @@
 #include "http_rules.hpp"
 #include "log.hpp"
 #include "metrics.hpp"
+#include "thread_cache.hpp"
 #include "tunnel.hpp"
 
 namespace upkeep::downstream {
@@ -76,7 +77,12 @@ asio::awaitable<void> ClientSession::run() {
       buffer_.shrink_to_fit();
       stream_.expires_after(first ? limits.client_header_timeout : limits.client_idle_timeout);
       idle_ = true;
-      auto [ec, n] = co_await stream_.async_read_some(buffer_.prepare(4096), use_tuple);
+      // Held while the client idles: about 4 KiB, a size thread_cache hands out
+      // exactly (4096 itself would take the next class, 5 KiB).
+      constexpr std::size_t kIdleRead =
+          thread_cache::class_size(thread_cache::class_for_request(4096 - 8));
+      static_assert(kIdleRead == 4096 - 8);
+      auto [ec, n] = co_await stream_.async_read_some(buffer_.prepare(kIdleRead), use_tuple);
       idle_ = false;
       if (ec) co_return;
       buffer_.commit(n);

@@ -10,6 +10,7 @@ namespace upkeep::thread_cache {
 namespace {
 
 using detail::kClasses;
+using detail::kPerGroup;
 using detail::kSizes;
 using detail::kSmall;
 using detail::kSmallMax;
@@ -65,11 +66,11 @@ std::size_t class_for_usable(std::size_t usable) noexcept {
     return usable <= kSmallMax ? (usable - 8) / 16 - 1 : kSmall - 1;
   }
   if (usable >= kMaxClassSize) return kClasses - 1;
-  const std::size_t chunk = usable + 8;                  // >= 1280
+  const std::size_t chunk = usable + 8;                  // >= 1152
   const std::size_t g = std::bit_width(chunk) - 1 - 10;  // base <= chunk < 2 base
   const std::size_t base = std::size_t{1024} << g;
-  const std::size_t j = (chunk - base) / (base / 4);  // 0..3
-  return j == 0 ? kSmall + 4 * (g - 1) + 3 : kSmall + 4 * g + (j - 1);
+  const std::size_t j = (chunk - base) / (base / kPerGroup);  // 0..kPerGroup-1
+  return j == 0 ? kSmall + kPerGroup * (g - 1) + (kPerGroup - 1) : kSmall + kPerGroup * g + (j - 1);
 }
 
 void* allocate(std::size_t n) noexcept {

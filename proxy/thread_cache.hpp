@@ -35,7 +35,9 @@ inline constexpr bool kInUse = true;
 #endif
 
 // Blocks larger than this go straight to malloc.
-inline constexpr std::size_t kMaxClassSize = 64 * 1024 - 8;
+// Larger blocks are few and long-lived (nghttp2's 16 KiB frame buffer per
+// connection, say): exact sizes from malloc waste nothing.
+inline constexpr std::size_t kMaxClassSize = 16 * 1024 - 8;
 // What one thread keeps on its free lists, at most.
 inline constexpr std::size_t kMaxKeptBytes = 1024 * 1024;
 
@@ -50,22 +52,23 @@ void* reallocate(void* p, std::size_t n) noexcept;
 
 // Size classes. They are sizes glibc hands out exactly (usable = 16k + 8 on
 // 64-bit), so a block's malloc_usable_size() names its class again when it is
-// freed: 64 classes 16 bytes apart up to 1032, then four per doubling up to
-// 64 KiB - 8.
+// freed: 64 classes 16 bytes apart up to 1032, then eight per doubling up to
+// 16 KiB - 8 (at most 12.5% rounding).
 inline constexpr std::size_t kNoClass = static_cast<std::size_t>(-1);
 
 namespace detail {
 inline constexpr std::size_t kSmall = 64;
 inline constexpr std::size_t kSmallMax = 16 * kSmall + 8;  // 1032
-inline constexpr std::size_t kGroups = 6;                  // chunk bases 1 KiB .. 32 KiB
-inline constexpr std::size_t kClasses = kSmall + 4 * kGroups;
+inline constexpr std::size_t kGroups = 4;                  // chunk bases 1 KiB .. 8 KiB
+inline constexpr std::size_t kPerGroup = 8;
+inline constexpr std::size_t kClasses = kSmall + kPerGroup * kGroups;
 
 constexpr std::size_t size_of_class(std::size_t c) {
   if (c < kSmall) return 16 * (c + 1) + 8;
-  const std::size_t g = (c - kSmall) / 4;
-  const std::size_t j = (c - kSmall) % 4 + 1;
+  const std::size_t g = (c - kSmall) / kPerGroup;
+  const std::size_t j = (c - kSmall) % kPerGroup + 1;
   const std::size_t base = std::size_t{1024} << g;
-  return base + j * (base / 4) - 8;
+  return base + j * (base / kPerGroup) - 8;
 }
 
 inline constexpr auto kSizes = [] {
@@ -78,20 +81,21 @@ static_assert(kSizes[kSmall - 1] == kSmallMax);
 static_assert(kSizes[kClasses - 1] == kMaxClassSize);
 }  // namespace detail
 
-inline std::size_t class_size(std::size_t cls) noexcept {
+constexpr std::size_t class_size(std::size_t cls) noexcept {
   return detail::kSizes[cls];
 }
 
 // The smallest class that holds n bytes.
-inline std::size_t class_for_request(std::size_t n) noexcept {
+constexpr std::size_t class_for_request(std::size_t n) noexcept {
   using namespace detail;
   if (n <= kSmallMax) return n <= 24 ? 0 : (n - 8 + 15) / 16 - 1;
   if (n > kMaxClassSize) return kNoClass;
   const std::size_t chunk = n + 8;                           // > 1040
   const std::size_t g = std::bit_width(chunk - 1) - 1 - 10;  // base < chunk <= 2 base
   const std::size_t base = std::size_t{1024} << g;
-  const std::size_t j = (chunk - base + base / 4 - 1) / (base / 4);  // 1..4
-  return kSmall + 4 * g + (j - 1);
+  const std::size_t step = base / kPerGroup;
+  const std::size_t j = (chunk - base + step - 1) / step;  // 1..kPerGroup
+  return kSmall + kPerGroup * g + (j - 1);
 }
 
 // The largest class a block with `usable` bytes can serve.
