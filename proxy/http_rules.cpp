@@ -227,29 +227,53 @@ bool has_own_via(const http::fields& f) {
   return found;
 }
 
+namespace {
+
+bool is_hop_by_hop(http::field name) noexcept {
+  switch (name) {
+    case http::field::connection:
+    case http::field::proxy_connection:
+    case http::field::keep_alive:
+    case http::field::te:
+    case http::field::transfer_encoding:
+    case http::field::upgrade:
+    case http::field::proxy_authorization:
+    case http::field::proxy_authenticate:
+      return true;
+    default:
+      return false;
+  }
+}
+
+}  // namespace
+
+// Two passes over the fields in order, not a lookup in Beast's name index per
+// field name: the index compares names as strings, and eight lookups cost more
+// than reading the whole head.
 void strip_hop_by_hop(http::fields& f, bool keep_te_trailers) {
   std::vector<std::string> named;
-  for (const auto& fld : values_of(f, http::field::connection)) {
-    for_each_list_element(sv(fld.value()), [&named](std::string_view tok) {
-      if (!protected_from_connection(tok)) named.push_back(to_ascii_lower(tok));
-    });
-  }
   bool te_trailers = false;
-  if (keep_te_trailers) {
-    for (const auto& fld : values_of(f, http::field::te)) {
+  for (const auto& fld : f) {
+    if (fld.name() == http::field::connection) {
+      for_each_list_element(sv(fld.value()), [&named](std::string_view tok) {
+        if (!protected_from_connection(tok)) named.push_back(to_ascii_lower(tok));
+      });
+    } else if (keep_te_trailers && fld.name() == http::field::te) {
       for_each_list_element(sv(fld.value()), [&te_trailers](std::string_view tok) {
         auto semi = tok.find(';');
         if (iequals(trim_ows(tok.substr(0, semi)), "trailers")) te_trailers = true;
       });
     }
   }
-  for (const auto& n : named) {
-    f.erase(n);
-  }
-  for (auto fld : {http::field::connection, http::field::proxy_connection, http::field::keep_alive,
-                   http::field::te, http::field::transfer_encoding, http::field::upgrade,
-                   http::field::proxy_authorization, http::field::proxy_authenticate}) {
-    f.erase(fld);
+  for (auto it = f.begin(); it != f.end();) {
+    const std::string_view name = sv(it->name_string());
+    const bool listed = std::any_of(named.begin(), named.end(),
+                                    [name](const std::string& n) { return iequals(n, name); });
+    if (is_hop_by_hop(it->name()) || listed) {
+      it = f.erase(it);
+    } else {
+      ++it;
+    }
   }
   // "trailers" is the one TE value an end-to-end request still needs (gRPC,
   // and HTTP/2 permits exactly this value).
