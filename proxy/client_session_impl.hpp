@@ -28,6 +28,7 @@
 
 #include "access_log.hpp"
 #include "client_stream.hpp"
+#include "endpoint_text.hpp"
 #include "relay_buffer.hpp"
 #include "runtime.hpp"
 #include "upstream_h2.hpp"
@@ -101,7 +102,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
       : stream_(std::move(socket)), rt_(std::move(rt)) {
     error_code ec;
     auto ep = stream_.socket().remote_endpoint(ec);
-    if (!ec) client_ = ep.address().to_string() + ":" + std::to_string(ep.port());
+    if (!ec) client_ = endpoint_text(ep);
     stream_.socket().set_option(tcp::no_delay(true), ec);
     // For ClientStream::try_write; Asio's own operations do not depend on it.
     stream_.socket().non_blocking(true, ec);

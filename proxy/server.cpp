@@ -24,6 +24,7 @@
 
 #include "admin.hpp"
 #include "client_session.hpp"
+#include "endpoint_text.hpp"
 #include "intercept/interceptor.hpp"
 #include "log.hpp"
 
@@ -51,11 +52,6 @@ std::shared_ptr<tcp::acceptor> open_listener(asio::io_context& ioc, const HostPo
   }
   if (ec) throw ConfigError(hp.to_string() + ": " + ec.message());
   return acceptor;
-}
-
-std::string endpoint_text(const tcp::endpoint& ep) {
-  auto a = ep.address();
-  return (a.is_v6() ? "[" + a.to_string() + "]" : a.to_string()) + ":" + std::to_string(ep.port());
 }
 
 // prev: the running snapshot on a reload, whose interception state (CA, minted
