@@ -38,6 +38,11 @@ bool is_parse_error(const error_code& ec) {
   return ec.category() == http::make_error_code(http::error::bad_chunk).category();
 }
 
+ThreadRoute& thread_route() {
+  thread_local ThreadRoute t;
+  return t;
+}
+
 asio::awaitable<void> ClientSession::run() {
   auto& reg = metrics::Registry::get();
   reg.downstream_connections.inc();
@@ -182,7 +187,7 @@ asio::awaitable<bool> ClientSession::handle(RequestParser& parser, const Snapsho
       it_host == req.end() ? std::string_view() : std::string_view(it_host->value());
   if (intercepted_) e.url = intercepted_url(req.target(), *intercepted_);
   auto routed = route_cached(last_route_, snap.router, req.target(), host,
-                             intercepted_ ? &*intercepted_ : nullptr);
+                             intercepted_ ? &*intercepted_ : nullptr, &thread_route().route);
   if (auto* err = std::get_if<errc>(&routed)) {
     // A 400 always closes (SPEC.md): after a malformed request nothing that follows
     // on the connection can be trusted to be framed as the client meant.

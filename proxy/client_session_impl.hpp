@@ -61,6 +61,17 @@ constexpr std::size_t kReplayKeep = 64 * 1024;
 // few) is replayed up to this often, and never for longer than queue.timeout.
 constexpr int kMaxReplays = 100;
 
+// The last route any client connection on this thread took, and that route's pool
+// (route_cached's seed): a program that opens a connection per request then pays
+// neither routing nor the pool registry's lock per connection. The pool is held
+// weakly: a thread's leftovers must not keep one alive past shutdown.
+struct ThreadRoute {
+  LastRoute route;
+  std::weak_ptr<ConnectionPool> pool;
+  uint64_t pool_generation = 0;  // the route.generation `pool` belongs to
+};
+ThreadRoute& thread_route();
+
 // The per-request state an HTTP/2 attempt needs and that survives a replay.
 struct H2Exchange {
   const Snapshot* snap = nullptr;

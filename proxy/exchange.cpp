@@ -59,7 +59,17 @@ asio::awaitable<bool> ClientSession::exchange(RequestParser& parser, const Snaps
 
   // The pool of the last exchange while the route is the same decision.
   if (!last_pool_ || last_pool_route_ != last_route_.generation || last_pool_->retired()) {
-    last_pool_ = rt_->pools.get(d.origin, s, snap.router, req.target(), req[http::field::host]);
+    ThreadRoute& tr = thread_route();
+    const bool seeded =
+        last_route_.seed_generation != 0 && last_route_.seed_generation == tr.route.generation;
+    last_pool_ = seeded && tr.pool_generation == tr.route.generation ? tr.pool.lock() : nullptr;
+    if (!last_pool_ || last_pool_->retired()) {
+      last_pool_ = rt_->pools.get(d.origin, s, snap.router, req.target(), req[http::field::host]);
+      if (seeded) {
+        tr.pool = last_pool_;
+        tr.pool_generation = tr.route.generation;
+      }
+    }
     last_pool_route_ = last_route_.generation;
   }
   const std::shared_ptr<ConnectionPool> pool = last_pool_;

@@ -375,7 +375,7 @@ Routed<HostPort> Router::route_connect(std::string_view authority) const {
 
 Routed<RouteDecision*> route_cached(LastRoute& last, const std::shared_ptr<const Router>& router,
                                     std::string_view target, std::string_view host_header,
-                                    const HostPort* intercepted) {
+                                    const HostPort* intercepted, LastRoute* seed) {
   const bool origin_form = !target.empty() && target.front() == '/';
   std::string_view key = host_header;
   std::string_view rest = target;
@@ -387,25 +387,44 @@ Routed<RouteDecision*> route_cached(LastRoute& last, const std::shared_ptr<const
     key = target.substr(0, end);
     rest = end == std::string_view::npos ? std::string_view{} : target.substr(end);
   }
-  // Everything but the path was checked when the key was first routed.
-  if (last.router == router && last.intercepted == (intercepted != nullptr) &&
-      last.origin_form == origin_form && last.key == key) {
-    if (!valid_path(rest)) return errc::bad_request;
-    std::string& path = last.decision.path;
-    path.clear();
-    if (rest.empty() || rest.front() == '?') path.push_back('/');
-    path.append(rest);
-    return &last.decision;
+  const auto holds = [&](const LastRoute& l) {
+    return l.router == router && l.intercepted == (intercepted != nullptr) &&
+           l.origin_form == origin_form && l.key == key;
+  };
+  if (intercepted) seed = nullptr;
+  if (!holds(last)) {
+    if (seed && holds(*seed)) {
+      const uint64_t generation = last.generation;
+      last = *seed;
+      last.generation = generation + 1;
+      last.seed_generation = seed->generation;
+    } else {
+      auto routed = intercepted ? router->route_intercepted(target, host_header, *intercepted)
+                                : router->route(target, host_header);
+      if (auto* err = std::get_if<errc>(&routed)) return *err;
+      last.router = router;
+      last.intercepted = intercepted != nullptr;
+      last.origin_form = origin_form;
+      last.key.assign(key);
+      last.decision = std::move(std::get<RouteDecision>(routed));
+      ++last.generation;
+      last.seed_generation = 0;
+      if (seed) {
+        const uint64_t generation = seed->generation;
+        *seed = last;
+        seed->generation = generation + 1;
+        seed->seed_generation = 0;
+        last.seed_generation = seed->generation;
+      }
+      return &last.decision;  // with route()'s own path
+    }
   }
-  auto routed = intercepted ? router->route_intercepted(target, host_header, *intercepted)
-                            : router->route(target, host_header);
-  if (auto* err = std::get_if<errc>(&routed)) return *err;
-  last.router = router;
-  last.intercepted = intercepted != nullptr;
-  last.origin_form = origin_form;
-  last.key.assign(key);
-  last.decision = std::move(std::get<RouteDecision>(routed));
-  ++last.generation;
+  // Everything but the path was checked when the key was first routed.
+  if (!valid_path(rest)) return errc::bad_request;
+  std::string& path = last.decision.path;
+  path.clear();
+  if (rest.empty() || rest.front() == '?') path.push_back('/');
+  path.append(rest);
   return &last.decision;
 }
 

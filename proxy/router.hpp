@@ -75,15 +75,24 @@ struct LastRoute {
   std::string key;  // scheme and authority as sent, or the Host header (origin-form)
   RouteDecision decision;
   uint64_t generation = 0;  // bumped whenever `decision` is routed afresh
+  // Which state of a shared seed (see route_cached) `decision` equals; 0: none. A
+  // seed's own `generation` counts its states from 1.
+  uint64_t seed_generation = 0;
 };
 
 // router->route() (or route_intercepted() for a request inside `intercepted`)
 // through `last`: a request with the same key under the same Router takes the
 // last decision with its own path. The decision returned lives in `last` until
 // the next call.
+//
+// `seed`, when given, is a LastRoute shared by the connections one thread serves:
+// a miss in `last` is answered from it when it holds the key (a program that opens
+// a connection per request then routes once, not per connection), and every
+// request routed afresh leaves its decision there. Only for requests outside an
+// intercepted CONNECT: those must also match their own CONNECT's target.
 Routed<RouteDecision*> route_cached(LastRoute& last, const std::shared_ptr<const Router>& router,
                                     std::string_view target, std::string_view host_header,
-                                    const HostPort* intercepted);
+                                    const HostPort* intercepted, LastRoute* seed = nullptr);
 
 // Host pattern match: exact (case-insensitive) or "*.example.com" (any subdomain,
 // not example.com itself) or "*" (anything).

@@ -581,7 +581,24 @@ TEST_CASE("requests inside an intercepted CONNECT must name its host and port") 
   CHECK(p.host_header == "api.example.com");
 }
 
-TEST_CASE("route_cached decides exactly as route() does, over a mixed sequence") {
+// route_cached's answer is route()'s: the same error, or the same decision.
+static void check_same(const Routed<RouteDecision>& want, const Routed<RouteDecision*>& got) {
+  if (const auto* e = std::get_if<errc>(&want)) {
+    REQUIRE(std::holds_alternative<errc>(got));
+    CHECK(std::get<errc>(got) == *e);
+    return;
+  }
+  REQUIRE(std::holds_alternative<RouteDecision*>(got));
+  const RouteDecision& w = std::get<RouteDecision>(want);
+  const RouteDecision& g = *std::get<RouteDecision*>(got);
+  CHECK(g.origin == w.origin);
+  CHECK(g.settings == w.settings);
+  CHECK(g.host_header == w.host_header);
+  CHECK(g.path == w.path);
+}
+
+// Plain upstreams by default, api.example.com over TLS, denied.example.com denied.
+static Config cached_config() {
   Config c;
   c.upstream.tls = false;
   c.access.allow = {"*"};
@@ -590,6 +607,11 @@ TEST_CASE("route_cached decides exactly as route() does, over a mixed sequence")
   api.upstream.tls = true;
   api.upstream.port_map = {{80, 443}};
   c.routes.push_back(api);
+  return c;
+}
+
+TEST_CASE("route_cached decides exactly as route() does, over a mixed sequence") {
+  Config c = cached_config();
   auto r = std::make_shared<const Router>(make(c));
   struct Req {
     const char* target;
@@ -612,20 +634,7 @@ TEST_CASE("route_cached decides exactly as route() does, over a mixed sequence")
     for (const auto& q : reqs) {
       CAPTURE(q.target);
       CAPTURE(q.host);
-      const auto want = r->route(q.target, q.host);
-      const auto got = route_cached(last, r, q.target, q.host, nullptr);
-      if (const auto* e = std::get_if<errc>(&want)) {
-        REQUIRE(std::holds_alternative<errc>(got));
-        CHECK(std::get<errc>(got) == *e);
-        continue;
-      }
-      REQUIRE(std::holds_alternative<RouteDecision*>(got));
-      const RouteDecision& w = std::get<RouteDecision>(want);
-      const RouteDecision& g = *std::get<RouteDecision*>(got);
-      CHECK(g.origin == w.origin);
-      CHECK(g.settings == w.settings);
-      CHECK(g.host_header == w.host_header);
-      CHECK(g.path == w.path);
+      check_same(r->route(q.target, q.host), route_cached(last, r, q.target, q.host, nullptr));
     }
   }
   // Same origin, new path: the decision is reused, not routed again.
@@ -647,4 +656,52 @@ TEST_CASE("route_cached decides exactly as route() does, over a mixed sequence")
   REQUIRE(std::holds_alternative<RouteDecision*>(in));
   CHECK(std::get<RouteDecision*>(in)->origin.tls);
   CHECK(last.generation == generation + 2);
+}
+
+TEST_CASE("route_cached with a seed: connections that each send one request route as route()") {
+  const Config c = cached_config();
+  auto r = std::make_shared<const Router>(make(c));
+  const std::vector<std::pair<const char*, const char*>> reqs{
+      {"http://api.example.com/a", ""},        {"http://api.example.com/b?x", ""},
+      {"http://api.example.com/bad path", ""}, {"http://api.example.com", ""},
+      {"/origin", "api.example.com"},          {"/origin?2", "api.example.com"},
+      {"/origin", "other.example.com"},        {"http://denied.example.com/", ""},
+      {"http://other.example.com/", ""},       {"http://api.example.com/c", ""},
+  };
+  LastRoute seed;
+  for (int round = 0; round < 2; ++round) {
+    for (const auto& [target, host] : reqs) {
+      CAPTURE(target);
+      LastRoute fresh;  // a new client connection
+      const auto want = r->route(target, host);
+      check_same(want, route_cached(fresh, r, target, host, nullptr, &seed));
+      if (std::holds_alternative<errc>(want)) continue;
+      // The decision is the seed's present state, whichever way it was reached.
+      CHECK(fresh.seed_generation == seed.generation);
+      CHECK(fresh.generation == 1);
+    }
+  }
+  // A second connection to the seed's origin takes it as it is: no new state.
+  const uint64_t state = seed.generation;
+  LastRoute second;
+  REQUIRE(std::holds_alternative<RouteDecision*>(
+      route_cached(second, r, "http://api.example.com/d", "", nullptr, &seed)));
+  CHECK(seed.generation == state);
+  CHECK(second.seed_generation == state);
+  CHECK(second.decision.path == "/d");
+  // Inside an intercepted CONNECT the seed is neither read nor written.
+  const HostPort connect{"api.example.com", 443};
+  LastRoute inside;
+  REQUIRE(std::holds_alternative<RouteDecision*>(
+      route_cached(inside, r, "https://api.example.com/e", "", &connect, &seed)));
+  CHECK(inside.seed_generation == 0);
+  CHECK(seed.generation == state);
+  CHECK_FALSE(seed.intercepted);
+  // A reload's Router does not match the seed of the old one.
+  auto r2 = std::make_shared<const Router>(make(c));
+  LastRoute after;
+  REQUIRE(std::holds_alternative<RouteDecision*>(
+      route_cached(after, r2, "http://api.example.com/f", "", nullptr, &seed)));
+  CHECK(seed.generation == state + 1);
+  CHECK(seed.router == r2);
 }
