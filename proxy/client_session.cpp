@@ -202,9 +202,11 @@ asio::awaitable<bool> ClientSession::handle(RequestParser& parser, const Snapsho
 
 namespace upkeep {
 
-void start_client_session(asio::ip::tcp::socket socket, std::shared_ptr<Runtime> rt) {
+void start_client_session(asio::ip::tcp::socket socket, const asio::ip::tcp::endpoint& peer,
+                          std::shared_ptr<Runtime> rt) {
   auto ex = socket.get_executor();  // the acceptor gave it its own strand
-  auto session = std::make_shared<downstream::ClientSession>(std::move(socket), std::move(rt));
+  auto session =
+      std::make_shared<downstream::ClientSession>(std::move(socket), peer, std::move(rt));
   asio::co_spawn(
       ex, [session]() { return session->run(); },
       [](std::exception_ptr ep) {

@@ -13,6 +13,7 @@ namespace upkeep {
 
 // Starts the session on the socket's executor, which must be a strand of its own;
 // the session owns itself until the client is done.
-void start_client_session(asio::ip::tcp::socket socket, std::shared_ptr<Runtime> rt);
+void start_client_session(asio::ip::tcp::socket socket, const asio::ip::tcp::endpoint& peer,
+                          std::shared_ptr<Runtime> rt);
 
 }  // namespace upkeep

@@ -109,12 +109,10 @@ std::string serialize_head(const http::response_header<>& h, unsigned version);
 
 class ClientSession : public std::enable_shared_from_this<ClientSession> {
  public:
-  ClientSession(tcp::socket socket, std::shared_ptr<Runtime> rt)
-      : stream_(std::move(socket)), rt_(std::move(rt)) {
+  // socket: from a listener of open_listener(), so TCP_NODELAY is already set.
+  ClientSession(tcp::socket socket, const tcp::endpoint& peer, std::shared_ptr<Runtime> rt)
+      : stream_(std::move(socket)), rt_(std::move(rt)), client_(endpoint_text(peer)) {
     error_code ec;
-    auto ep = stream_.socket().remote_endpoint(ec);
-    if (!ec) client_ = endpoint_text(ep);
-    stream_.socket().set_option(tcp::no_delay(true), ec);
     // For ClientStream::try_write; Asio's own operations do not depend on it.
     stream_.socket().non_blocking(true, ec);
   }

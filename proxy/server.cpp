@@ -26,6 +26,7 @@
 #include "client_session.hpp"
 #include "endpoint_text.hpp"
 #include "intercept/interceptor.hpp"
+#include "listener.hpp"
 #include "log.hpp"
 
 namespace upkeep {
@@ -33,26 +34,6 @@ namespace {
 
 constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
 using tcp = asio::ip::tcp;
-
-// Throws ConfigError("ADDR:PORT: reason") on failure; the caller decides whether
-// that is fatal (start-up) or a failed reload.
-std::shared_ptr<tcp::acceptor> open_listener(asio::io_context& ioc, const HostPort& hp) {
-  error_code ec;
-  tcp::resolver r(ioc);
-  auto results = r.resolve(hp.host, std::to_string(hp.port),
-                           tcp::resolver::passive | tcp::resolver::numeric_service, ec);
-  auto acceptor = std::make_shared<tcp::acceptor>(ioc.get_executor());
-  if (!ec && results.empty()) ec = asio::error::host_not_found;
-  if (!ec) {
-    auto ep = results.begin()->endpoint();
-    acceptor->open(ep.protocol(), ec);
-    if (!ec) acceptor->set_option(tcp::acceptor::reuse_address(true), ec);
-    if (!ec) acceptor->bind(ep, ec);
-    if (!ec) acceptor->listen(asio::socket_base::max_listen_connections, ec);
-  }
-  if (ec) throw ConfigError(hp.to_string() + ": " + ec.message());
-  return acceptor;
-}
 
 // prev: the running snapshot on a reload, whose interception state (CA, minted
 // certificates, fallbacks) carries over while the intercept: keys stay the same.
@@ -72,10 +53,11 @@ std::shared_ptr<const Snapshot> make_snapshot(const Config& cfg,
 }
 
 // One accept loop for both listeners; on_accept gets each new socket, already on a
-// strand of its own when there is more than one thread.
-asio::awaitable<void> accept_loop(std::shared_ptr<tcp::acceptor> acceptor,
-                                  std::shared_ptr<Runtime> rt,
-                                  std::function<void(tcp::socket)> on_accept) {
+// strand of its own when there is more than one thread, and its peer (from accept
+// itself: asking the socket later costs a getpeername per connection).
+asio::awaitable<void> accept_loop(
+    std::shared_ptr<tcp::acceptor> acceptor, std::shared_ptr<Runtime> rt,
+    std::function<void(tcp::socket, const tcp::endpoint&)> on_accept) {
   using clock = std::chrono::steady_clock;
   // Out of descriptors the loop retries every 50 ms; the log says so once, then once
   // a second with a count, then when accepting works again (not 20 lines a second).
@@ -86,7 +68,8 @@ asio::awaitable<void> accept_loop(std::shared_ptr<tcp::acceptor> acceptor,
     // client would only add a lock and a queue hop to each of its operations.
     auto ex = rt->threads == 1 ? asio::any_io_executor(rt->ioc.get_executor())
                                : asio::any_io_executor(asio::make_strand(rt->ioc));
-    auto [ec, socket] = co_await acceptor->async_accept(ex, use_tuple);
+    tcp::endpoint peer;
+    auto [ec, socket] = co_await acceptor->async_accept(ex, peer, use_tuple);
     if (ec) {
       if (ec == asio::error::operation_aborted || !acceptor->is_open()) co_return;
       // EMFILE and friends: back off briefly instead of spinning on the error.
@@ -112,13 +95,13 @@ asio::awaitable<void> accept_loop(std::shared_ptr<tcp::acceptor> acceptor,
       log::info("accepting again", {{"failed_accepts", std::to_string(failures)}});
       failures = 0;
     }
-    on_accept(std::move(socket));
+    on_accept(std::move(socket), peer);
   }
 }
 
 asio::awaitable<void> accept_clients(std::shared_ptr<tcp::acceptor> acceptor,
                                      std::shared_ptr<Runtime> rt) {
-  return accept_loop(std::move(acceptor), rt, [rt](tcp::socket socket) {
+  return accept_loop(std::move(acceptor), rt, [rt](tcp::socket socket, const tcp::endpoint& peer) {
     const auto max = rt->current()->router->config().limits.max_client_connections;
     if (rt->client_connections.load() >= max) {
       // Refused before reading anything: existing clients keep their share.
@@ -127,14 +110,15 @@ asio::awaitable<void> accept_clients(std::shared_ptr<tcp::acceptor> acceptor,
       return;
     }
     rt->client_connections.fetch_add(1);
-    start_client_session(std::move(socket), rt);
+    start_client_session(std::move(socket), peer, rt);
   });
 }
 
 asio::awaitable<void> accept_admin(std::shared_ptr<tcp::acceptor> acceptor,
                                    std::shared_ptr<Runtime> rt) {
-  return accept_loop(std::move(acceptor), rt,
-                     [rt](tcp::socket socket) { start_admin_session(std::move(socket), rt); });
+  return accept_loop(std::move(acceptor), rt, [rt](tcp::socket socket, const tcp::endpoint&) {
+    start_admin_session(std::move(socket), rt);
+  });
 }
 
 // $WATCHDOG_USEC, when systemd set it for this process ($WATCHDOG_PID, if present).
