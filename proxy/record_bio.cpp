@@ -24,6 +24,12 @@ struct State {
   // record boundary.
   std::size_t record_left = 0;
   bool eof = false;
+  // The socket may hold more than was received: the last recv filled the space it
+  // was given, or a readiness wait said so. Otherwise the socket was drained then,
+  // and fill() leaves the next recv to the owner's receive (record_bio_space), whose
+  // readiness tracking makes it cost no syscall until the socket has bytes again.
+  bool more = true;
+  bool lent = false;  // [end, kBuffer) is being received into by the owner
 
   std::size_t held() const noexcept { return end - begin; }
   // At a boundary, a whole header must be here to know where the record ends.
@@ -34,19 +40,32 @@ State* state(BIO* b) {
   return static_cast<State*>(BIO_get_data(b));
 }
 
+// Moves what is held to the front of a buffer that exists.
+void compact(State& s) {
+  if (!s.buf) s.buf = std::make_unique_for_overwrite<char[]>(kBuffer);
+  if (s.begin > 0) {
+    std::memmove(s.buf.get(), s.buf.get() + s.begin, s.held());
+    s.end -= s.begin;
+    s.begin = 0;
+  }
+}
+
 // Receives until can_give(): 1, or 0 at end of stream, or -1 (retry flag set
-// when the socket just has nothing yet; errno kept for SSL_ERROR_SYSCALL).
+// when the socket has nothing yet or is left to the owner; errno kept for
+// SSL_ERROR_SYSCALL).
 int fill(BIO* b, State& s) {
   for (;;) {
-    if (!s.buf) s.buf = std::make_unique_for_overwrite<char[]>(kBuffer);
-    if (s.begin > 0) {  // at most a partial header is left
-      std::memmove(s.buf.get(), s.buf.get() + s.begin, s.held());
-      s.end -= s.begin;
-      s.begin = 0;
+    if (s.eof) return 0;
+    if (!s.more || s.lent) {
+      BIO_set_retry_read(b);
+      return -1;
     }
-    const ssize_t r = ::recv(s.fd, s.buf.get() + s.end, kBuffer - s.end, 0);
+    compact(s);  // at most a partial header is left
+    const std::size_t space = kBuffer - s.end;
+    const ssize_t r = ::recv(s.fd, s.buf.get() + s.end, space, 0);
     if (r > 0) {
       s.end += static_cast<std::size_t>(r);
+      s.more = static_cast<std::size_t>(r) == space;
       if (s.can_give()) return 1;
       continue;
     }
@@ -55,7 +74,10 @@ int fill(BIO* b, State& s) {
       return 0;
     }
     if (errno == EINTR) continue;
-    if (errno == EAGAIN || errno == EWOULDBLOCK) BIO_set_retry_read(b);
+    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      s.more = false;
+      BIO_set_retry_read(b);
+    }
     return -1;
   }
 }
@@ -139,9 +161,37 @@ BIO* record_bio_new(int fd) {
   return b;
 }
 
+std::span<char> record_bio_space(BIO* b) {
+  State& s = *state(b);
+  compact(s);
+  s.lent = true;
+  return {s.buf.get() + s.end, kBuffer - s.end};
+}
+
+void record_bio_received(BIO* b, std::size_t n) noexcept {
+  State& s = *state(b);
+  s.more = n == kBuffer - s.end;
+  s.end += n;
+  s.lent = false;
+}
+
+void record_bio_ended(BIO* b) noexcept {
+  State& s = *state(b);
+  s.eof = true;
+  s.lent = false;
+}
+
+void record_bio_unlend(BIO* b) noexcept {
+  state(b)->lent = false;
+}
+
+void record_bio_readable(BIO* b) noexcept {
+  state(b)->more = true;
+}
+
 void record_bio_release_buffer(BIO* b) noexcept {
   State* s = state(b);
-  if (s && s->held() == 0) {
+  if (s && s->held() == 0 && !s->lent) {
     s->buf.reset();
     s->begin = s->end = 0;
   }

@@ -12,7 +12,19 @@
 //
 // Bytes this BIO holds are invisible to SSL_has_pending() and to readiness waits:
 // BIO_ctrl_pending() reports them (tls_read_nb reads on while it is non-zero).
+//
+// The BIO receives by itself only while the socket may hold more (its last recv
+// filled the buffer, or the owner said the socket is readable). Once a recv comes
+// back short the socket was drained, and the next bytes come through the owner: it
+// receives into record_bio_space() with Asio, whose reactor knows the socket is
+// drained and queues the receive for the next readiness event. That is one recv per
+// burst of records, where receiving here and then waiting for readiness costs a
+// recv that fails with EAGAIN and an epoll_ctl re-arm (asio::socket::async_wait
+// always re-arms) besides.
 #pragma once
+
+#include <cstddef>
+#include <span>
 
 #include <openssl/bio.h>
 
@@ -20,7 +32,18 @@ namespace upkeep {
 
 // A BIO reading the connected, non-blocking socket fd (not owned).
 BIO* record_bio_new(int fd);
-// Frees the BIO's buffer if it holds no bytes (before a wait or at idle).
+// Where the owner's receive puts bytes, valid until one of the next three calls;
+// meanwhile the BIO neither receives nor frees its buffer.
+std::span<char> record_bio_space(BIO* b);
+// That receive brought n > 0 bytes, or the end of the stream, or nothing (an error
+// or a cancellation, which the owner reports itself).
+void record_bio_received(BIO* b, std::size_t n) noexcept;
+void record_bio_ended(BIO* b) noexcept;
+void record_bio_unlend(BIO* b) noexcept;
+// A readiness wait says the socket has bytes: the BIO receives them itself.
+void record_bio_readable(BIO* b) noexcept;
+// Frees the BIO's buffer if it holds no bytes and none are being received into it
+// (before a wait or at idle).
 void record_bio_release_buffer(BIO* b) noexcept;
 
 }  // namespace upkeep

@@ -2,6 +2,7 @@
 
 #include <cerrno>
 #include <climits>
+#include <span>
 
 #include <sys/socket.h>
 
@@ -82,6 +83,26 @@ asio::awaitable<error_code> UpstreamStream::wait(Wait w) {
   before_wait();
   auto [ec] = co_await socket_.async_wait(
       w == Wait::write ? socket_type::wait_write : socket_type::wait_read, use_tuple);
+  if (!ec && w == Wait::read && record_bio_) record_bio_readable(record_bio_);
+  co_return waited(ec);
+}
+
+asio::awaitable<error_code> UpstreamStream::receive() {
+  if (!record_bio_) co_return co_await wait(Wait::read);
+  if (timed_out()) co_return boost::beast::error::timeout;
+  SSL_free_buffers(ssl_);  // OpenSSL's own: nothing of a record is left in them
+  const std::span<char> space = record_bio_space(record_bio_);
+  auto [ec, n] =
+      co_await socket_.async_receive(asio::buffer(space.data(), space.size()), use_tuple);
+  if (!ec) {
+    record_bio_received(record_bio_, n);
+    co_return error_code{};
+  }
+  if (ec == asio::error::eof) {
+    record_bio_ended(record_bio_);  // for OpenSSL to tell close_notify from truncation
+    co_return error_code{};
+  }
+  record_bio_unlend(record_bio_);
   co_return waited(ec);
 }
 

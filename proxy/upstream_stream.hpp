@@ -95,6 +95,12 @@ class UpstreamStream {
   // Waits until the socket is ready for `w`, within the deadline (before_wait()
   // first).
   asio::awaitable<error_code> wait(Wait w);
+  // What a read_nb that said Wait::read waits for when the next bytes are due soon
+  // (HTTP/2 with streams open): they are received straight into the record BIO,
+  // which costs no syscall before the socket is readable (record_bio.hpp). It keeps
+  // the BIO's 16 KiB while waiting, so an idle connection uses wait() instead.
+  // Without a record BIO, wait(Wait::read).
+  asio::awaitable<error_code> receive();
 
   // One non-blocking attempt: the bytes moved, or 0 with either an error or `wait`
   // saying what the socket must become before the next attempt. A read's 0 without

@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <span>
 #include <string>
 #include <vector>
 
@@ -41,6 +42,34 @@ struct Pair {
     REQUIRE(::write(writer, s.data(), s.size()) == static_cast<ssize_t>(s.size()));
   }
 };
+
+// n bytes through BIO_read, which must not run dry before.
+std::string read_bytes(BIO* b, std::size_t n) {
+  std::string out;
+  char buf[32 * 1024];
+  while (out.size() < n) {
+    const int got = BIO_read(b, buf, sizeof buf);
+    REQUIRE(got > 0);
+    out.append(buf, static_cast<std::size_t>(got));
+  }
+  return out;
+}
+
+// The end of the stream, as OpenSSL must see it: no bytes and no retry.
+void check_ended(BIO* b) {
+  char buf[16];
+  CHECK(BIO_read(b, buf, sizeof buf) == 0);
+  CHECK_FALSE(BIO_should_retry(b));
+  CHECK(BIO_eof(b) == 1);
+}
+
+// What UpstreamStream::receive does, with a plain recv: the bytes it brought.
+std::size_t owner_receive(const Pair& p, BIO* b, std::span<char> space) {
+  const ssize_t got = ::recv(p.reader, space.data(), space.size(), 0);
+  REQUIRE(got > 0);
+  upkeep::record_bio_received(b, static_cast<std::size_t>(got));
+  return static_cast<std::size_t>(got);
+}
 
 }  // namespace
 
@@ -90,12 +119,14 @@ TEST_CASE("a record split across receives, and a smaller read than the record") 
   p.send(r1.substr(0, 3));
   CHECK(BIO_read(b, buf, sizeof buf) == -1);
   CHECK(BIO_should_retry(b));
-  // The rest of the header and part of the body.
+  // The rest of the header and part of the body, after a readiness wait.
   p.send(r1.substr(3, 1000));
+  upkeep::record_bio_readable(b);
   int n = BIO_read(b, buf, sizeof buf);
   CHECK(n == 1003);
   std::string got(buf, static_cast<std::size_t>(n));
   p.send(r1.substr(1003) + r2);
+  upkeep::record_bio_readable(b);
   // OpenSSL may ask for less than the record: it gets that, then the rest.
   n = BIO_read(b, buf, 500);
   CHECK(n == 500);
@@ -118,11 +149,10 @@ TEST_CASE("the end of the stream is reported once the bytes are out") {
   p.writer = -1;
   char buf[1024];
   CHECK(BIO_read(b, buf, sizeof buf) == static_cast<int>(r.size()));
+  upkeep::record_bio_readable(b);  // the end makes the socket readable
   // The partial header is handed over as it is, so OpenSSL sees the truncation.
   CHECK(BIO_read(b, buf, sizeof buf) == 2);
-  CHECK(BIO_read(b, buf, sizeof buf) == 0);
-  CHECK_FALSE(BIO_should_retry(b));
-  CHECK(BIO_eof(b) == 1);
+  check_ended(b);
   BIO_free(b);
 }
 
@@ -139,6 +169,62 @@ TEST_CASE("the buffer goes back only when it is empty") {
   CHECK(std::string(buf, r.size()) == r);
   upkeep::record_bio_release_buffer(b);
   p.send(r);
+  upkeep::record_bio_readable(b);
   CHECK(BIO_read(b, buf, sizeof buf) == static_cast<int>(r.size()));
+  BIO_free(b);
+}
+
+TEST_CASE("after a short recv the next bytes come through the owner's receive") {
+  Pair p;
+  BIO* b = upkeep::record_bio_new(p.reader);
+  const std::string r1 = record(40, 'm');
+  const std::string r2 = record(3000, 'n');
+  char buf[4096];
+  p.send(r1);
+  CHECK(BIO_read(b, buf, sizeof buf) == static_cast<int>(r1.size()));
+  // That recv came back short: the socket was drained, so the BIO does not ask it
+  // again (that recv would fail with EAGAIN), even when bytes are there by now.
+  p.send(r2);
+  CHECK(BIO_read(b, buf, sizeof buf) == -1);
+  CHECK(BIO_should_retry(b));
+  CHECK(BIO_should_read(b));
+  char peek[8];
+  CHECK(::recv(p.reader, peek, sizeof peek, MSG_PEEK) == static_cast<ssize_t>(sizeof peek));
+  // The owner receives into the BIO's space; a release meanwhile keeps the buffer
+  // (the sanitizer builds would see a write into a freed one).
+  std::span<char> space = upkeep::record_bio_space(b);
+  REQUIRE(space.size() >= r2.size());
+  upkeep::record_bio_release_buffer(b);
+  REQUIRE(owner_receive(p, b, space) == r2.size());
+  CHECK(read_bytes(b, r2.size()) == r2);
+  // A receive that failed or was cancelled lends the space back, nothing else.
+  space = upkeep::record_bio_space(b);
+  upkeep::record_bio_unlend(b);
+  CHECK(BIO_read(b, buf, sizeof buf) == -1);
+  CHECK(BIO_eof(b) == 0);
+  // The end, as the owner's receive saw it.
+  ::close(p.writer);
+  p.writer = -1;
+  space = upkeep::record_bio_space(b);
+  CHECK(::recv(p.reader, space.data(), space.size(), 0) == 0);
+  upkeep::record_bio_ended(b);
+  check_ended(b);
+  BIO_free(b);
+}
+
+TEST_CASE("a record split across the owner's receive and the BIO's own") {
+  Pair p;
+  BIO* b = upkeep::record_bio_new(p.reader);
+  const std::string r = record(20000 - 5, 'w');  // more than the BIO's buffer
+  char buf[64];
+  p.send(r.substr(0, 2));  // a partial header first, drained by the BIO's own recv
+  CHECK(BIO_read(b, buf, sizeof buf) == -1);
+  p.send(r.substr(2));
+  // The owner's receive fills the whole space: the socket may hold more, so the
+  // BIO takes the rest itself.
+  std::span<char> space = upkeep::record_bio_space(b);
+  const std::size_t got = owner_receive(p, b, space);
+  REQUIRE(got == space.size());
+  CHECK(read_bytes(b, r.size()) == r);
   BIO_free(b);
 }
