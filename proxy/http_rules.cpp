@@ -281,6 +281,20 @@ void strip_hop_by_hop(http::fields& f, bool keep_te_trailers) {
 }
 
 void add_via(http::fields& f, unsigned received_version) {
+  // Most messages come straight from a client or an origin: no Via yet, and the
+  // entry is one of three constants.
+  static constexpr std::string_view k10 = "1.0 upkeep", k11 = "1.1 upkeep", k2 = "2 upkeep";
+  static_assert(k10.ends_with(kViaToken) && k11.ends_with(kViaToken) && k2.ends_with(kViaToken));
+  if (f.find(http::field::via) == f.end()) {
+    const std::string_view own = received_version == 11   ? k11
+                                 : received_version == 10 ? k10
+                                 : received_version == 20 ? k2
+                                                          : std::string_view{};
+    if (!own.empty()) {
+      f.insert(http::field::via, own);
+      return;
+    }
+  }
   // One combined field: equivalent per RFC 9110 §5.3, and some origins read only
   // the first Via line.
   std::string v;
@@ -454,6 +468,51 @@ bool basic_credentials_ok(std::string_view proxy_authorization,
     ok |= constant_time_equal(*decoded, cand);
   }
   return ok;
+}
+
+http::field field_of_lowercase(std::string_view n) noexcept {
+  using F = http::field;
+  switch (n.size()) {
+    case 3:
+      if (n == "age") return F::age;
+      if (n == "via") return F::via;
+      break;
+    case 4:
+      if (n == "date") return F::date;
+      if (n == "etag") return F::etag;
+      if (n == "vary") return F::vary;
+      if (n == "link") return F::link;
+      break;
+    case 6:
+      if (n == "server") return F::server;
+      break;
+    case 7:
+      if (n == "expires") return F::expires;
+      break;
+    case 8:
+      if (n == "location") return F::location;
+      break;
+    case 10:
+      if (n == "set-cookie") return F::set_cookie;
+      break;
+    case 12:
+      if (n == "content-type") return F::content_type;
+      break;
+    case 13:
+      if (n == "cache-control") return F::cache_control;
+      if (n == "accept-ranges") return F::accept_ranges;
+      if (n == "last-modified") return F::last_modified;
+      break;
+    case 14:
+      if (n == "content-length") return F::content_length;
+      break;
+    case 16:
+      if (n == "content-encoding") return F::content_encoding;
+      break;
+    default:
+      break;
+  }
+  return http::string_to_field(n);
 }
 
 }  // namespace upkeep

@@ -62,6 +62,12 @@ bool header_chunked(const http::fields& f);
 // Appends each field as "Name: value\r\n", then the blank line that ends a head.
 void append_fields(std::string& out, const http::fields& f);
 
+// Beast's field for a lower-case name as HTTP/2 delivers it (http::field::unknown
+// when Beast has none), what http::string_to_field would say: the names responses
+// carry most are told by length and a compare, not by its hash lookup (~100
+// instructions each, every header of every response).
+http::field field_of_lowercase(std::string_view name) noexcept;
+
 // Chunked framing (RFC 9112 §7.1) around one piece of a body of n bytes: size_line()
 // goes before the bytes, tail after them: the CRLF that ends the chunk and, after
 // the last piece, the zero-size terminator, `trailer_lines` (each "name: value\r\n")

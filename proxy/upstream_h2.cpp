@@ -13,6 +13,7 @@
 #include <boost/asio/ssl/error.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include "http_rules.hpp"
 #include "log.hpp"
 #include "text.hpp"
 #include "thread_cache.hpp"
@@ -116,7 +117,7 @@ struct H2Callbacks {
       }
       st->status_ = code;
     } else if (!n.empty() && n.front() != ':') {
-      st->building_.insert(n, v);
+      st->building_.insert(field_of_lowercase(n), n, v);  // the name as sent
     }
     return 0;
   }

@@ -2,6 +2,8 @@
 
 #include <doctest/doctest.h>
 
+#include <cctype>
+
 #include <boost/beast/http/empty_body.hpp>
 
 #include <string>
@@ -277,6 +279,33 @@ TEST_CASE("add_via") {
   http::fields h;
   add_via(h, 20);
   CHECK(h[http::field::via] == "2 upkeep");
+
+  // The constant entries and the general path agree, for each version received.
+  for (const unsigned v : {10u, 11u, 20u, 30u, 9u}) {
+    CAPTURE(v);
+    http::fields fresh;
+    add_via(fresh, v);
+    http::fields empty_before;  // an empty Via value goes the general way
+    empty_before.insert(http::field::via, "");
+    add_via(empty_before, v);
+    CHECK(values(fresh, http::field::via) == values(empty_before, http::field::via));
+    CHECK(has_own_via(fresh));
+  }
+}
+
+TEST_CASE("field_of_lowercase says what string_to_field says") {
+  // Every field Beast knows, by its lower-cased name, and names it does not.
+  for (unsigned i = 1; i <= static_cast<unsigned>(http::field::xref); ++i) {
+    const auto f = static_cast<http::field>(i);
+    std::string name(http::to_string(f));
+    for (char& c : name)
+      c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    CAPTURE(name);
+    CHECK(field_of_lowercase(name) == http::string_to_field(name));
+    CHECK(field_of_lowercase(name) == f);
+  }
+  for (const char* n : {"x-request-id", "dates", "dat", "content-lengths", "", "etag2", "ag"})
+    CHECK(field_of_lowercase(n) == http::field::unknown);
 }
 
 TEST_CASE("prepare_upstream_request") {
