@@ -181,10 +181,6 @@ void record_bio_ended(BIO* b) noexcept {
   s.lent = false;
 }
 
-void record_bio_unlend(BIO* b) noexcept {
-  state(b)->lent = false;
-}
-
 void record_bio_readable(BIO* b) noexcept {
   state(b)->more = true;
 }

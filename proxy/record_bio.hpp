@@ -32,14 +32,13 @@ namespace upkeep {
 
 // A BIO reading the connected, non-blocking socket fd (not owned).
 BIO* record_bio_new(int fd);
-// Where the owner's receive puts bytes, valid until one of the next three calls;
+// Where the owner's receive puts bytes, valid until one of the next two calls;
 // meanwhile the BIO neither receives nor frees its buffer.
 std::span<char> record_bio_space(BIO* b);
-// That receive brought n > 0 bytes, or the end of the stream, or nothing (an error
-// or a cancellation, which the owner reports itself).
+// That receive brought n bytes (0: nothing, after an error or a cancellation, which
+// the owner reports itself), or the end of the stream.
 void record_bio_received(BIO* b, std::size_t n) noexcept;
 void record_bio_ended(BIO* b) noexcept;
-void record_bio_unlend(BIO* b) noexcept;
 // A readiness wait says the socket has bytes: the BIO receives them itself.
 void record_bio_readable(BIO* b) noexcept;
 // Frees the BIO's buffer if it holds no bytes and none are being received into it

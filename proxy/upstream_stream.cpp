@@ -102,7 +102,7 @@ asio::awaitable<error_code> UpstreamStream::receive() {
     record_bio_ended(record_bio_);  // for OpenSSL to tell close_notify from truncation
     co_return error_code{};
   }
-  record_bio_unlend(record_bio_);
+  record_bio_received(record_bio_, 0);
   co_return waited(ec);
 }
 

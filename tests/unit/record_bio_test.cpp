@@ -199,7 +199,7 @@ TEST_CASE("after a short recv the next bytes come through the owner's receive") 
   CHECK(read_bytes(b, r2.size()) == r2);
   // A receive that failed or was cancelled lends the space back, nothing else.
   space = upkeep::record_bio_space(b);
-  upkeep::record_bio_unlend(b);
+  upkeep::record_bio_received(b, 0);
   CHECK(BIO_read(b, buf, sizeof buf) == -1);
   CHECK(BIO_eof(b) == 0);
   // The end, as the owner's receive saw it.
