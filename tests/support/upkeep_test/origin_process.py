@@ -104,9 +104,14 @@ class OriginProcess:
             with self._cond:
                 self._reader_idle = True
                 self._cond.notify_all()
-            chunk = os.read(fd, 65536)
+            # Wait for bytes without taking them: they stay in the pipe, where
+            # settle() sees them, until the reader has left idle under the lock. (An
+            # os.read here took them first, and a settle() between that read and the
+            # lock returned with a request's event unapplied: test_h2 failed so.)
+            select.select([fd], [], [])
             with self._cond:
                 self._reader_idle = False
+            chunk = os.read(fd, 65536)
             if not chunk:
                 break
             pending += chunk
