@@ -16,29 +16,9 @@
 #include "http_rules.hpp"
 #include "log.hpp"
 #include "text.hpp"
-#include "thread_cache.hpp"
 
 namespace upkeep {
 namespace {
-
-// nghttp2 allocates per stream and per header block (stream state, header
-// buffers, frame items): through the thread cache, not malloc's bins.
-nghttp2_mem* h2_mem() {
-  if (!thread_cache::kInUse) return nullptr;  // nghttp2's default: malloc
-  static nghttp2_mem mem{
-      nullptr,
-      [](size_t n, void*) { return thread_cache::allocate(n); },
-      [](void* p, void*) { thread_cache::deallocate(p); },
-      [](size_t count, size_t size, void*) -> void* {
-        if (size != 0 && count > static_cast<size_t>(-1) / size) return nullptr;
-        void* p = thread_cache::allocate(count * size);
-        if (p != nullptr) std::memset(p, 0, count * size);
-        return p;
-      },
-      [](void* p, size_t n, void*) { return thread_cache::reallocate(p, n); },
-  };
-  return &mem;
-}
 
 constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
 // Per-stream receive windows. A stream starts small: an abandoned response (the
@@ -414,7 +394,8 @@ H2Conn::H2Conn(asio::any_io_executor serial, uint64_t id, std::unique_ptr<Upstre
   nghttp2_option_set_no_auto_window_update(opt, 1);
   // RFC 9113 §6.5.2: until the server's SETTINGS arrive, at most min(100, config).
   nghttp2_option_set_peer_max_concurrent_streams(opt, static_cast<uint32_t>(initial_capacity()));
-  nghttp2_session_client_new3(&session_, cbs, this, opt, h2_mem());
+  nghttp2_session_client_new3(&session_, cbs, this, opt, memory_.mem());
+  memory_.end_setup();
   nghttp2_option_del(opt);
   nghttp2_session_callbacks_del(cbs);
 }

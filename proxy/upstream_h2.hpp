@@ -34,6 +34,7 @@
 #include <boost/asio/strand.hpp>
 
 #include "config.hpp"
+#include "h2_memory.hpp"
 #include "pool_core.hpp"
 #include "relay_buffer.hpp"
 #include "upstream_h1.hpp"
@@ -255,6 +256,7 @@ class H2Conn : public std::enable_shared_from_this<H2Conn> {
   std::unique_ptr<UpstreamStream> stream_;
   UpstreamSettings settings_;
   Events events_;
+  H2Memory memory_;  // session_'s allocator: outlives it (~H2Conn deletes session_)
   nghttp2_session* session_ = nullptr;
   std::unordered_map<int32_t, std::shared_ptr<H2Stream>> streams_;
   asio::steady_timer wake_;
