@@ -181,6 +181,19 @@ class LimitsTest(UpkeepTestCase):
         r = self.fetch(up, "GET", OK)
         self.assertEqual(r.status, 200)
 
+    def test_long_head_after_idle(self):
+        # An idle keep-alive connection waits with a 2 KiB buffer; a longer head that
+        # follows must grow it and arrive whole, however the bytes are split.
+        up = self.start({})
+        value = "".join(chr(ord("a") + i % 26) for i in range(6000))
+        with Conn(up.port, timeout=10) as c:
+            self.request_ok(c)
+            c.request("GET", OK, [("X-Long", value)])
+            self.assertEqual(c.read_response().status, 200)
+            self.request_ok(c)  # and the connection goes on
+        seen = [r.header("x-long") for r in self.origin.snapshot() if r.header("x-long")]
+        self.assertEqual(seen, [[value]])
+
     # -- memory per idle client connection ------------------------------------------------------------
     def test_memory_per_idle_connection(self):
         if os.environ.get("UPKEEP_SANITIZED"):
